@@ -1,0 +1,55 @@
+# coopr-pipeline: `make demo` runs the pipeline on a local multi-DC stack, `make test` passes
+# the tests. Both run `make setup` first, which installs everything and is quick when done.
+
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+KAFKA   := .cache/kafka
+CLI     := $(BIN)/coopr-pipeline
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint format bench stack-down clean
+
+setup: $(VENV)/.installed $(KAFKA)/.fetched system-deps
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(KAFKA)/.fetched: deploy/kafka/pom.xml
+	@deploy/scripts/check-java.sh
+	rm -rf $(KAFKA)/lib
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(KAFKA)/lib
+	touch $@
+
+.PHONY: system-deps
+system-deps:
+	@deploy/scripts/install-system-deps.sh
+
+demo: setup
+	$(CLI) stack up
+	$(CLI) bench mirror --count 200 --rate 100
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup
+	$(CLI) bench all
+
+stack-down:
+	$(CLI) stack down
+
+clean: stack-down
+	rm -rf $(VENV) .cache .stack

@@ -1,0 +1,86 @@
+"""Thin helpers over confluent_kafka's AdminClient: reachability and topic creation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+# confluent_kafka.admin re-exports NewTopic from cimpl, but its stubs do not declare that.
+from confluent_kafka.cimpl import NewTopic
+
+from pipeline.errors import UnreachableError
+from pipeline.kafka_config import KafkaSettings
+
+__all__ = ["TopicSpec", "ensure_topics", "list_topics", "wait_until_reachable"]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic to create: name, partitions, replication factor and topic configs."""
+
+    name: str
+    partitions: int = 1
+    replication_factor: int = 1
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+def list_topics(settings: KafkaSettings, timeout_s: float = 5.0) -> set[str]:
+    """Names of the cluster's topics; :class:`UnreachableError` if it does not answer in time."""
+    admin = AdminClient(settings.admin())
+    try:
+        metadata = admin.list_topics(timeout=timeout_s)
+    except KafkaException as e:
+        raise UnreachableError(
+            f"Kafka at {settings.bootstrap_servers} did not answer within {timeout_s:g} s: {e}"
+        ) from None
+    return set(metadata.topics)
+
+
+def wait_until_reachable(settings: KafkaSettings, timeout_s: float) -> None:
+    """Poll the cluster's metadata until it answers, for at most ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            list_topics(settings, timeout_s=min(2.0, max(0.1, deadline - time.monotonic())))
+            return
+        except UnreachableError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+def ensure_topics(
+    settings: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: float = 30.0
+) -> list[str]:
+    """Create the topics that do not exist yet; returns the names it created."""
+    specs = list(specs)
+    existing = list_topics(settings)
+    missing = [s for s in specs if s.name not in existing]
+    if not missing:
+        return []
+    admin = AdminClient(settings.admin())
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                s.name,
+                num_partitions=s.partitions,
+                replication_factor=s.replication_factor,
+                config=dict(s.config),
+            )
+            for s in missing
+        ],
+        request_timeout=timeout_s,
+    )
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            created.append(name)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise UnreachableError(f"creating topic {name} failed: {e.args[0].str()}") from None
+    return created

@@ -1,0 +1,123 @@
+"""Mirror latency through MirrorMaker 2, against a direct read from the source cluster.
+
+Records go to a shard topic in its owner DC at a fixed rate. One consumer reads them back
+from the same topic (the baseline: produce, broker, fetch) and one from the mirrored copy in
+the replica DC. A record's latency is the time it is read minus its CreateTime, which the
+producer sets and MirrorMaker 2 preserves; both clocks are this machine's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+
+from pipeline.kafka_config import KafkaSettings
+from pipeline.topics import mirrored, shard_topic
+from pipeline.topology import Topology
+
+__all__ = ["MirrorLatency", "bench_mirror"]
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorLatency:
+    """Latency percentiles in ms; ``received`` counts records that arrived before the deadline."""
+
+    path: str
+    sent: int
+    received: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def _percentile(sorted_ms: list[float], q: float) -> float:
+    if not sorted_ms:
+        return float("nan")
+    return sorted_ms[min(len(sorted_ms) - 1, round(q * (len(sorted_ms) - 1)))]
+
+
+class _Reader(threading.Thread):
+    """Reads ``topic`` from its current end, recording latency of records tagged ``run_id``."""
+
+    def __init__(self, settings: KafkaSettings, topic: str, run_id: bytes, expected: int):
+        super().__init__(daemon=True)
+        self.consumer = Consumer(
+            settings.consumer(f"bench-{uuid.uuid4().hex[:8]}", **{"fetch.wait.max.ms": 10})
+        )
+        self.consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
+        self.run_id = run_id
+        self.expected = expected
+        self.latencies_ms: list[float] = []
+        self.deadline = time.monotonic() + 3600.0
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while len(self.latencies_ms) < self.expected and time.monotonic() < self.deadline:
+                msg = self.consumer.poll(0.05)
+                self.ready.set()
+                if msg is None or msg.error() or msg.key() != self.run_id:
+                    continue
+                self.latencies_ms.append(time.time() * 1000.0 - msg.timestamp()[1])
+        finally:
+            self.consumer.close()
+
+
+def bench_mirror(
+    topology: Topology,
+    *,
+    count: int = 1000,
+    rate: float = 100.0,
+    shard: int = 0,
+    drain_s: float = 30.0,
+) -> list[MirrorLatency]:
+    """Send ``count`` records at ``rate`` per second; latency direct and through MirrorMaker 2.
+
+    Waits at most ``drain_s`` seconds after the last send for stragglers.
+    """
+    owner = topology.dc(topology.initial_owner(shard))
+    replica = topology.dc(topology.replica_list(shard)[0])
+    source = KafkaSettings(owner.kafka, client_id="coopr-bench")
+    run_id = uuid.uuid4().hex.encode()
+    readers = {
+        f"direct ({owner.name})": _Reader(source, shard_topic(shard), run_id, count),
+        f"mirrored ({owner.name}->{replica.name})": _Reader(
+            KafkaSettings(replica.kafka, client_id="coopr-bench"),
+            mirrored(owner.name, shard_topic(shard)),
+            run_id,
+            count,
+        ),
+    }
+    for reader in readers.values():
+        reader.start()
+        reader.ready.wait(10.0)
+    producer = Producer(source.producer(**{"linger.ms": 0}))
+    start = time.monotonic()
+    for i in range(count):
+        pause = start + i / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        producer.produce(shard_topic(shard), key=run_id, value=i.to_bytes(4, "big"))
+        producer.poll(0)
+    producer.flush(30)
+    for reader in readers.values():
+        reader.deadline = time.monotonic() + drain_s
+    results = []
+    for path, reader in readers.items():
+        reader.join(drain_s + 5.0)
+        ms = sorted(reader.latencies_ms)
+        results.append(
+            MirrorLatency(
+                path,
+                count,
+                len(ms),
+                _percentile(ms, 0.50),
+                _percentile(ms, 0.99),
+                max(ms, default=float("nan")),
+            )
+        )
+    return results

@@ -1,0 +1,75 @@
+"""Cold start time and memory of a local stack of N DCs, in its own run dir and ports."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.stack import down, local_topology_toml, up
+from pipeline.stack.processes import StackState
+
+__all__ = ["StackFootprint", "bench_stack", "resident_memory_mb"]
+
+
+@dataclass(frozen=True, slots=True)
+class StackFootprint:
+    """``up_s``: cold ``stack up`` until every part is healthy (s); memory in MiB."""
+
+    dcs: int
+    up_s: float
+    resident_mb: float
+    processes: int
+
+
+def resident_memory_mb(run_dir: Path) -> tuple[float, int]:
+    """Resident memory (MiB) of every process of the stack and its descendants, and their count.
+
+    Descendants, not process groups: PostgreSQL's backends call setsid() and leave the group.
+    """
+    state = StackState.load(run_dir)
+    roots = {r.pid for r in state.processes.values()} if state else set()
+    parent: dict[int, int] = {}
+    rss_kb: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        pid = int(proc.name)
+        parent[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+        rss_kb[pid] = next(
+            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
+        )
+
+    def in_stack(pid: int) -> bool:
+        while pid > 1:
+            if pid in roots:
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    members = [pid for pid in rss_kb if in_stack(pid)]
+    return sum(rss_kb[pid] for pid in members) / 1024.0, len(members)
+
+
+def bench_stack(dcs: int = 3, *, base_port: int = 39090) -> StackFootprint:
+    """Bring a fresh stack up from nothing, measure it, then take it down and delete it."""
+    with tempfile.TemporaryDirectory(prefix="coopr-bench-stack-") as tmp:
+        run_dir = Path(tmp)
+        topology = run_dir / "topology.toml"
+        topology.write_text(local_topology_toml(dcs, base_port=base_port))
+        start = time.monotonic()
+        try:
+            up(run_dir, topology)
+            elapsed = time.monotonic() - start
+            # Let the JVMs settle after start-up before reading memory.
+            time.sleep(5.0)
+            memory, count = resident_memory_mb(run_dir)
+        finally:
+            down(run_dir, wipe=True)
+    return StackFootprint(dcs=dcs, up_s=elapsed, resident_mb=memory, processes=count)

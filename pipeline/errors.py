@@ -1,0 +1,110 @@
+"""The project's exception hierarchy: one base, subclassed by meaning.
+
+Every error a user can cause or meet carries a message in words; the CLI prints
+``str(error)`` and exits non-zero instead of showing a stack trace.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CodecError",
+    "ConfigError",
+    "CorruptBodyError",
+    "DependencyMissingError",
+    "IncompatibleSchemaError",
+    "InvalidEventError",
+    "MissingMarkerError",
+    "PipelineError",
+    "PortInUseError",
+    "SchemaError",
+    "ShardingError",
+    "StackError",
+    "TopicNameError",
+    "UnknownFingerprintError",
+    "UnreachableError",
+]
+
+
+class PipelineError(Exception):
+    """Base of every error raised on purpose by coopr-pipeline."""
+
+
+class ConfigError(PipelineError):
+    """A configuration file or option is wrong; the message names the file and the field."""
+
+    def __init__(self, message: str, *, field: str | None = None, source: str | None = None):
+        self.field = field
+        self.source = source
+        where = ", ".join(
+            p
+            for p in (f"file {source}" if source else "", f"field {field!r}" if field else "")
+            if p
+        )
+        super().__init__(f"{message} ({where})" if where else message)
+
+
+class TopicNameError(PipelineError, ValueError):
+    """A topic name is not one of the project's topics."""
+
+
+class DependencyMissingError(PipelineError):
+    """A program the project needs (Java, Maven, PostgreSQL, kcat) is not installed."""
+
+
+class StackError(PipelineError):
+    """The local multi-DC stack could not be started, checked or stopped."""
+
+
+class PortInUseError(StackError):
+    """A port the stack needs is taken by a process the stack did not start."""
+
+    def __init__(self, port: int, what: str):
+        self.port = port
+        super().__init__(f"port {port} ({what}) is already in use by another process")
+
+
+class UnreachableError(PipelineError):
+    """A Kafka cluster or database did not answer within the allowed time."""
+
+
+class SchemaError(PipelineError):
+    """A schema file is missing, unreadable, or breaks the rules in ``schemas/README.md``."""
+
+
+class IncompatibleSchemaError(SchemaError):
+    """Two versions of a record cannot read each other's data; ``problems`` names each field."""
+
+    def __init__(self, message: str, problems: tuple[str, ...]):
+        self.problems = problems
+        super().__init__(f"{message}: " + "; ".join(problems))
+
+
+class CodecError(PipelineError):
+    """Bytes are not a decodable event, or an event cannot be encoded."""
+
+
+class MissingMarkerError(CodecError):
+    """The bytes do not start with the Avro single-object marker C3 01 and a fingerprint."""
+
+
+class UnknownFingerprintError(CodecError):
+    """The writer schema's fingerprint is not one of the shipped schema versions."""
+
+    def __init__(self, fingerprint: bytes):
+        self.fingerprint = fingerprint
+        super().__init__(
+            f"unknown writer schema fingerprint {fingerprint.hex()} (CRC-64-AVRO, bytes in header "
+            "order): no shipped schema version has it; ship the writer's schema to decode it"
+        )
+
+
+class CorruptBodyError(CodecError):
+    """The body after a valid header is truncated, corrupt, or followed by trailing bytes."""
+
+
+class InvalidEventError(CodecError):
+    """An event or record does not match its schema, so it was not encoded."""
+
+
+class ShardingError(PipelineError, ValueError):
+    """A shard cannot be computed: the cluster ID is empty or the shard count is below one."""

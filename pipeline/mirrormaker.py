@@ -1,0 +1,99 @@
+"""MirrorMaker 2 configuration rendered from the topology (dedicated mode).
+
+One MirrorMaker 2 process replicates every flow. The flow ``A->B`` carries:
+
+- ``coopr.heartbeat`` and ``coopr.ownership`` between every pair of DCs, witnesses included;
+- ``coopr.shard.NN`` for each shard whose DC set holds both A and B.
+
+Each flow's ``topics`` list names local topics exactly (MirrorMaker 2 matches the whole
+name), so a mirrored copy such as ``dc1.coopr.shard.07`` is never mirrored again and
+``coopr.dlq`` never leaves its DC. The flows do not depend on who owns a shard now, so they
+stay right after any failover.
+
+Latency (measured by ``coopr-pipeline bench mirror``): MirrorMaker 2's defaults are built for
+throughput. The consumer's ``fetch.max.wait.ms`` bounds how long a fetch waits when there is
+nothing to return, and the producer's ``linger.ms`` holds a record back to fill a batch; both
+are lowered in :data:`LATENCY_TUNING`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pipeline.topics import MIRRORED_TOPICS, shard_topic
+from pipeline.topology import Topology
+
+__all__ = ["LATENCY_TUNING", "flow_topics", "render_mm2_properties"]
+
+#: Per-cluster client settings applied to every DC (``<dc>.consumer.*``, ``<dc>.producer.*``).
+LATENCY_TUNING: Mapping[str, str] = {
+    "consumer.fetch.max.wait.ms": "50",
+    "producer.linger.ms": "0",
+    "producer.acks": "all",
+    "producer.enable.idempotence": "true",
+}
+
+_GLOBAL = {
+    "replication.policy.class": "org.apache.kafka.connect.mirror.DefaultReplicationPolicy",
+    # The shards replicate records; consumer groups, their offsets and MM2's own heartbeats
+    # are not part of the contract (the applier keeps its offsets in Postgres).
+    "emit.heartbeats.enabled": "false",
+    "heartbeats.replication.enabled": "false",
+    "emit.checkpoints.enabled": "false",
+    "sync.group.offsets.enabled": "false",
+    "refresh.groups.enabled": "false",
+    "sync.topic.acls.enabled": "false",
+    # 600 s by default: a topic created after start would wait ten minutes to flow.
+    "refresh.topics.interval.seconds": "5",
+    "consumer.poll.timeout.ms": "100",
+    "tasks.max": "1",
+    # Every plugin ships a ServiceLoader manifest; scanning the classpath instead costs about
+    # five seconds per flow at start.
+    "plugin.discovery": "service_load",
+}
+
+
+def flow_topics(topology: Topology, source: str, target: str) -> tuple[str, ...]:
+    """Local topics of ``source`` that the flow ``source->target`` mirrors."""
+    shards = tuple(shard_topic(s) for s in topology.flow_shards(source, target))
+    return (*MIRRORED_TOPICS, *shards)
+
+
+def render_mm2_properties(topology: Topology, *, replication_factor: int = 1) -> str:
+    """``mm2.properties`` for ``org.apache.kafka.connect.mirror.MirrorMaker``.
+
+    ``replication_factor`` applies to mirrored topics and MirrorMaker 2's internal topics:
+    1 on the local single-broker stack, 3 in production.
+    """
+    names = [dc.name for dc in topology.dcs]
+    lines = [
+        f"# MirrorMaker 2 (dedicated mode) for the topology in {topology.source}.",
+        "# Written by coopr-pipeline; edit the topology, not this file.",
+        f"clusters = {', '.join(names)}",
+    ]
+    for dc in topology.dcs:
+        lines.append(f"{dc.name}.bootstrap.servers = {dc.kafka}")
+        lines += [f"{dc.name}.{key} = {value}" for key, value in LATENCY_TUNING.items()]
+    lines += [f"{key} = {value}" for key, value in _GLOBAL.items()]
+    rf = str(replication_factor)
+    for key in (
+        "replication.factor",
+        "checkpoints.topic.replication.factor",
+        "heartbeats.topic.replication.factor",
+        "offset-syncs.topic.replication.factor",
+        "config.storage.replication.factor",
+        "offset.storage.replication.factor",
+        "status.storage.replication.factor",
+    ):
+        lines.append(f"{key} = {rf}")
+    for source in names:
+        for target in names:
+            if source == target:
+                continue
+            # Properties files treat a backslash as an escape, so the regex dot is doubled.
+            pattern = ", ".join(
+                t.replace(".", "\\\\.") for t in flow_topics(topology, source, target)
+            )
+            lines.append(f"{source}->{target}.enabled = true")
+            lines.append(f"{source}->{target}.topics = {pattern}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,95 @@
+"""One single-node KRaft broker per DC (combined broker and controller) for the local stack."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import uuid
+from pathlib import Path
+
+from pipeline.errors import StackError
+from pipeline.stack.processes import ProcessRecord, spawn
+from pipeline.stack.runtime import deploy_dir, java, kafka_classpath
+from pipeline.topology import DataCenter
+
+__all__ = ["JVM_OPTS", "broker_properties", "java_argv", "start_broker"]
+
+#: Heap at most 512 MB; G1 with a short pause goal keeps mirror latency steady.
+JVM_OPTS = (
+    "-Xms128m",
+    "-Xmx512m",
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:+ExitOnOutOfMemoryError",
+    "-Djava.awt.headless=true",
+)
+
+
+def java_argv(main_class: str, *args: str) -> list[str]:
+    """``java`` with the stack's JVM options, logging config and Kafka classpath."""
+    log4j = deploy_dir() / "kafka" / "log4j2.properties"
+    return [
+        java(),
+        *JVM_OPTS,
+        f"-Dlog4j2.configurationFile={log4j}",
+        "-cp",
+        kafka_classpath(),
+        main_class,
+        *args,
+    ]
+
+
+def broker_properties(dc: DataCenter, data_dir: Path) -> str:
+    """``server.properties`` of ``dc``'s broker: client port from the topology, controller +1."""
+    port = dc.kafka_port
+    cport = port + 1
+    return "\n".join(
+        [
+            f"# Local stack broker of {dc.name}, written by `coopr-pipeline stack up`.",
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{cport}",
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"log.dirs={data_dir}",
+            "num.partitions=1",
+            "default.replication.factor=1",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            # Topics are created on purpose by `stack up`; a typo must not make a new one.
+            "auto.create.topics.enable=false",
+            "",
+        ]
+    )
+
+
+def start_broker(dc: DataCenter, root: Path, log: Path) -> ProcessRecord:
+    """Format (first time only) and start the broker of ``dc``, its files under ``root``."""
+    data = root / "data"
+    config = root / "server.properties"
+    root.mkdir(parents=True, exist_ok=True)
+    config.write_text(broker_properties(dc, data))
+    if not (data / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        fmt = subprocess.run(
+            java_argv("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if fmt.returncode != 0:
+            output = (fmt.stdout + fmt.stderr)[-800:]
+            raise StackError(f"formatting the Kafka log dir of {dc.name} failed: {output}")
+    return spawn(
+        f"kafka-{dc.name}",
+        java_argv("kafka.Kafka", str(config)),
+        log=log,
+        ports=(dc.kafka_port, dc.kafka_port + 1),
+    )

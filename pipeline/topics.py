@@ -1,0 +1,82 @@
+"""Topic names: the local topics of a DC and their MirrorMaker 2 copies.
+
+Local names are ``coopr.shard.NN`` (NN zero-padded to two digits, three past 99 shards),
+``coopr.heartbeat``, ``coopr.ownership`` and ``coopr.dlq``. MirrorMaker 2 with
+``DefaultReplicationPolicy`` names the copy of topic T from DC ``X`` as ``X.T``. Dead letters
+stay in their own DC and are never mirrored.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipeline.errors import TopicNameError
+
+__all__ = [
+    "DLQ_TOPIC",
+    "HEARTBEAT_TOPIC",
+    "MIRRORED_TOPICS",
+    "OWNERSHIP_TOPIC",
+    "SHARD_PREFIX",
+    "MirroredShard",
+    "mirrored",
+    "parse_mirrored_shard",
+    "shard_of_topic",
+    "shard_topic",
+]
+
+SHARD_PREFIX = "coopr.shard."
+HEARTBEAT_TOPIC = "coopr.heartbeat"
+OWNERSHIP_TOPIC = "coopr.ownership"
+DLQ_TOPIC = "coopr.dlq"
+#: Topics that flow between every pair of DCs, whatever the shard layout.
+MIRRORED_TOPICS = (HEARTBEAT_TOPIC, OWNERSHIP_TOPIC)
+
+_DC_NAME = r"[a-z][a-z0-9-]*"
+_SHARD_RE = re.compile(r"coopr\.shard\.(\d{2,3})")
+_MIRRORED_SHARD_RE = re.compile(rf"({_DC_NAME})\.coopr\.shard\.(\d{{2,3}})")
+
+
+@dataclass(frozen=True, slots=True)
+class MirroredShard:
+    """A mirrored shard topic: the copy of ``shard_topic(shard)`` from ``source_dc``."""
+
+    source_dc: str
+    shard: int
+
+
+def shard_topic(shard: int) -> str:
+    """The local topic of ``shard`` (0-based): ``coopr.shard.07``."""
+    if not 0 <= shard <= 999:
+        raise TopicNameError(f"shard {shard} is outside 0..999")
+    return f"{SHARD_PREFIX}{shard:02d}"
+
+
+def mirrored(source_dc: str, topic: str) -> str:
+    """The name MirrorMaker 2 gives in other DCs to ``topic`` of ``source_dc``."""
+    if topic == DLQ_TOPIC:
+        raise TopicNameError(f"{DLQ_TOPIC} is local to its DC and is never mirrored")
+    if not re.fullmatch(_DC_NAME, source_dc):
+        raise TopicNameError(f"{source_dc!r} is not a DC name (lower case, digits, '-')")
+    return f"{source_dc}.{topic}"
+
+
+def shard_of_topic(topic: str) -> int:
+    """The shard of a local shard topic; raises :class:`TopicNameError` for any other name."""
+    m = _SHARD_RE.fullmatch(topic)
+    if m is None:
+        raise TopicNameError(f"{topic!r} is not a local shard topic (coopr.shard.NN)")
+    return int(m.group(1))
+
+
+def parse_mirrored_shard(topic: str) -> MirroredShard:
+    """Split ``dc1.coopr.shard.07`` into (``dc1``, 7).
+
+    Raises :class:`TopicNameError` for a local topic or a copy of a copy
+    (``dc2.dc1.coopr.shard.07``), which the MirrorMaker 2 flows never produce.
+    """
+    m = _MIRRORED_SHARD_RE.fullmatch(topic)
+    if m is None:
+        raise TopicNameError(f"{topic!r} is not a mirrored shard topic (<dc>.coopr.shard.NN)")
+    return MirroredShard(source_dc=m.group(1), shard=int(m.group(2)))

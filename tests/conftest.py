@@ -1,0 +1,87 @@
+"""Fixtures for the real local stack and unique names.
+
+The ``stack`` fixture brings a 3-DC stack (Kafka in KRaft mode, MirrorMaker 2, PostgreSQL)
+up once per test session on its own ports (``COOPR_TEST_BASE_PORT``, default 29090) in a
+temporary run dir, and takes it down with its data at the end. Set ``COOPR_TEST_RUN_DIR``
+to the run dir of a stack that is already up to reuse it instead (it is left running).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.kafka_config import KafkaSettings
+from pipeline.stack import down, local_topology_toml, status, up
+from pipeline.stack.processes import StackState
+from pipeline.topology import DataCenter, Topology, load_topology
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    """A healthy local stack: where it runs and what topology it runs."""
+
+    run_dir: Path
+    topology_file: Path
+    topology: Topology
+
+    def kafka(self, dc: str) -> KafkaSettings:
+        return KafkaSettings(bootstrap_servers=self.topology.dc(dc).kafka, client_id="tests")
+
+    def dc(self, name: str) -> DataCenter:
+        return self.topology.dc(name)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    reuse = os.environ.get("COOPR_TEST_RUN_DIR")
+    if reuse:
+        run_dir = Path(reuse)
+        state = StackState.load(run_dir)
+        if state is None:
+            pytest.fail(
+                f"COOPR_TEST_RUN_DIR={reuse} holds no stack: run `stack up --run-dir {reuse}`"
+            )
+        unhealthy = [r.name for r in status(run_dir) if not r.healthy]
+        if unhealthy:
+            pytest.fail(f"the stack in {reuse} is not healthy: {', '.join(unhealthy)}")
+        yield RunningStack(run_dir, Path(state.topology), load_topology(state.topology))
+        return
+    run_dir = tmp_path_factory.mktemp("stack")
+    topology_file = run_dir / "topology.toml"
+    base_port = int(os.environ.get("COOPR_TEST_BASE_PORT", "29090"))
+    topology_file.write_text(local_topology_toml(3, base_port=base_port))
+    try:
+        up(run_dir, topology_file)
+        yield RunningStack(run_dir, topology_file, load_topology(topology_file))
+    finally:
+        down(run_dir, wipe=True)
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Factory of names no other test uses: ``unique_name("g")`` -> ``g-test_x-1a2b3c4d``."""
+    test = request.node.name.replace("[", "-").replace("]", "")[:40]
+
+    def make(prefix: str) -> str:
+        return f"{prefix}-{test}-{uuid.uuid4().hex[:8]}"
+
+    return make
+
+
+@pytest.fixture
+def make_topic(stack: RunningStack, unique_name: Callable[[str], str]) -> Callable[[str], str]:
+    """Factory: create a one-partition topic with a unique name in a DC's cluster."""
+    from pipeline.admin import TopicSpec, ensure_topics
+
+    def make(dc: str) -> str:
+        name = unique_name("test.topic")
+        ensure_topics(stack.kafka(dc), [TopicSpec(name)])
+        return name
+
+    return make
