@@ -14,14 +14,18 @@ __all__ = [
     "IncompatibleSchemaError",
     "InvalidEventError",
     "MissingMarkerError",
+    "NotOwnerError",
+    "OwnershipError",
     "PipelineError",
     "PortInUseError",
     "SchemaError",
+    "ShardNotWritableError",
     "ShardingError",
     "StackError",
     "TopicNameError",
     "UnknownFingerprintError",
     "UnreachableError",
+    "WorkerError",
 ]
 
 
@@ -108,3 +112,39 @@ class InvalidEventError(CodecError):
 
 class ShardingError(PipelineError, ValueError):
     """A shard cannot be computed: the cluster ID is empty or the shard count is below one."""
+
+
+class OwnershipError(PipelineError):
+    """This DC may not write the shard now; ``owner_dc`` is where the write belongs."""
+
+    def __init__(self, message: str, *, shard: int, owner_dc: str):
+        self.shard = shard
+        self.owner_dc = owner_dc
+        super().__init__(message)
+
+
+class NotOwnerError(OwnershipError):
+    """The shard is owned by another DC: route the write there."""
+
+    def __init__(self, shard: int, owner_dc: str, local_dc: str):
+        self.local_dc = local_dc
+        super().__init__(
+            f"shard {shard} is owned by {owner_dc}, not {local_dc}: route the write to {owner_dc}",
+            shard=shard,
+            owner_dc=owner_dc,
+        )
+
+
+class ShardNotWritableError(OwnershipError):
+    """This DC owns the shard but it is read-only (fenced, or handing over)."""
+
+    def __init__(self, shard: int, owner_dc: str):
+        super().__init__(
+            f"shard {shard} is read-only in {owner_dc} (fenced or being handed over): retry later",
+            shard=shard,
+            owner_dc=owner_dc,
+        )
+
+
+class WorkerError(PipelineError):
+    """A long-running worker cannot go on (for example its database refuses its DC)."""

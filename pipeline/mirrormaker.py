@@ -27,7 +27,6 @@ __all__ = ["LATENCY_TUNING", "flow_topics", "render_mm2_properties"]
 
 #: Per-cluster client settings applied to every DC (``<dc>.consumer.*``, ``<dc>.producer.*``).
 LATENCY_TUNING: Mapping[str, str] = {
-    "consumer.fetch.max.wait.ms": "50",
     "producer.linger.ms": "0",
     "producer.acks": "all",
     "producer.enable.idempotence": "true",
@@ -47,6 +46,10 @@ _GLOBAL = {
     "refresh.topics.interval.seconds": "5",
     "consumer.poll.timeout.ms": "100",
     "tasks.max": "1",
+    # MirrorMaker's own bookkeeping topics (Connect's offsets and status, 25 and 5 partitions
+    # by default) need one partition each for one MirrorMaker process.
+    "offset.storage.partitions": "1",
+    "status.storage.partitions": "1",
     # Every plugin ships a ServiceLoader manifest; scanning the classpath instead costs about
     # five seconds per flow at start.
     "plugin.discovery": "service_load",

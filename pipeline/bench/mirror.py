@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
+from pipeline.errors import UnreachableError
 from pipeline.kafka_config import KafkaSettings
 from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
@@ -41,28 +42,34 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
 
 
 class _Reader(threading.Thread):
-    """Reads ``topic`` from its current end, recording latency of records tagged ``run_id``."""
+    """Reads ``topic`` from its current end, recording latency of records keyed ``run_id``.
+
+    ``warm`` is set once the warm-up record (key ``run_id + b"-warm"``) has arrived: from then
+    on the fetch path is connected and positioned, so what follows is steady-state latency.
+    """
 
     def __init__(self, settings: KafkaSettings, topic: str, run_id: bytes, expected: int):
         super().__init__(daemon=True)
-        self.consumer = Consumer(
-            settings.consumer(f"bench-{uuid.uuid4().hex[:8]}", **{"fetch.wait.max.ms": 10})
-        )
+        group = f"bench-{uuid.uuid4().hex[:8]}"
+        self.consumer = Consumer(settings.consumer(group, **{"fetch.wait.max.ms": 10}))
         self.consumer.assign([TopicPartition(topic, 0, OFFSET_END)])
         self.run_id = run_id
         self.expected = expected
         self.latencies_ms: list[float] = []
         self.deadline = time.monotonic() + 3600.0
-        self.ready = threading.Event()
+        self.warm = threading.Event()
 
     def run(self) -> None:
+        warm_key = self.run_id + b"-warm"
         try:
             while len(self.latencies_ms) < self.expected and time.monotonic() < self.deadline:
                 msg = self.consumer.poll(0.05)
-                self.ready.set()
-                if msg is None or msg.error() or msg.key() != self.run_id:
+                if msg is None or msg.error():
                     continue
-                self.latencies_ms.append(time.time() * 1000.0 - msg.timestamp()[1])
+                if msg.key() == warm_key:
+                    self.warm.set()
+                elif msg.key() == self.run_id:
+                    self.latencies_ms.append(time.time() * 1000.0 - msg.timestamp()[1])
         finally:
             self.consumer.close()
 
@@ -77,31 +84,42 @@ def bench_mirror(
 ) -> list[MirrorLatency]:
     """Send ``count`` records at ``rate`` per second; latency direct and through MirrorMaker 2.
 
-    Waits at most ``drain_s`` seconds after the last send for stragglers.
+    Before measuring, one warm-up record must reach both readers (at most 60 s), so the
+    producer's connection and id set-up are not counted. Waits at most ``drain_s`` seconds
+    after the last send for stragglers.
     """
     owner = topology.dc(topology.initial_owner(shard))
     replica = topology.dc(topology.replica_list(shard)[0])
     source = KafkaSettings(owner.kafka, client_id="coopr-bench")
+    topic = shard_topic(shard)
     run_id = uuid.uuid4().hex.encode()
     readers = {
-        f"direct ({owner.name})": _Reader(source, shard_topic(shard), run_id, count),
+        f"direct ({owner.name})": _Reader(source, topic, run_id, count),
         f"mirrored ({owner.name}->{replica.name})": _Reader(
             KafkaSettings(replica.kafka, client_id="coopr-bench"),
-            mirrored(owner.name, shard_topic(shard)),
+            mirrored(owner.name, topic),
             run_id,
             count,
         ),
     }
     for reader in readers.values():
         reader.start()
-        reader.ready.wait(10.0)
     producer = Producer(source.producer(**{"linger.ms": 0}))
+    warm_until = time.monotonic() + 60.0
+    while not all(r.warm.is_set() for r in readers.values()):
+        if time.monotonic() > warm_until:
+            raise UnreachableError(
+                f"no record reached {replica.name} through MirrorMaker 2 in 60 s"
+            )
+        producer.produce(topic, key=run_id + b"-warm", value=b"")
+        producer.flush(5)
+        time.sleep(0.5)
     start = time.monotonic()
     for i in range(count):
         pause = start + i / rate - time.monotonic()
         if pause > 0:
             time.sleep(pause)
-        producer.produce(shard_topic(shard), key=run_id, value=i.to_bytes(4, "big"))
+        producer.produce(topic, key=run_id, value=i.to_bytes(4, "big"))
         producer.poll(0)
     producer.flush(30)
     for reader in readers.values():

@@ -1,0 +1,32 @@
+-- Shard ownership as this DC knows it, and the transactional outbox.
+--
+-- shard_ownership has one row per shard. The owner DC's row is writable; `last_seq` is the
+-- last seq assigned in `epoch` (the next event gets last_seq + 1). Incrementing it with an
+-- UPDATE takes the row lock, so writers of one shard queue behind each other until commit:
+-- seqs have no gaps (a rollback gives its number back) and commit in seq order.
+CREATE TABLE shard_ownership (
+    shard       integer     PRIMARY KEY CHECK (shard >= 0),
+    owner_dc    text        NOT NULL,
+    epoch       bigint      NOT NULL CHECK (epoch >= 1),
+    writable    boolean     NOT NULL,
+    last_seq    bigint      NOT NULL DEFAULT 0 CHECK (last_seq >= 0),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per event, written in the same transaction as the state change it reports.
+-- The relay publishes rows in id order (= seq order within a shard, see above) and sets
+-- published_at only after Kafka acknowledged them.
+CREATE TABLE outbox (
+    id            bigserial   PRIMARY KEY,
+    shard         integer     NOT NULL,
+    epoch         bigint      NOT NULL,
+    seq           bigint      NOT NULL,
+    event_type    text        NOT NULL,
+    event_key     text        NOT NULL,
+    payload       bytea       NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    published_at  timestamptz,
+    UNIQUE (shard, epoch, seq)
+);
+CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+CREATE INDEX outbox_published_at ON outbox (published_at) WHERE published_at IS NOT NULL;
