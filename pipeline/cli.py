@@ -55,6 +55,15 @@ run_dir_option = click.option(
     help="Folder of the local stack's data, logs and state.",
 )
 
+topology_option = click.option(
+    "--topology",
+    "topology_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("COOPR_TOPOLOGY", str(deploy_dir() / "topology.local.toml")),
+    show_default="$COOPR_TOPOLOGY or deploy/topology.local.toml",
+    help="Topology file (TOML).",
+)
+
 
 @click.group(cls=_Group)
 @click.option(
@@ -199,23 +208,82 @@ def db() -> None:
 
 @db.command("migrate")
 @click.option("--dc", required=True, help="The DC whose database to migrate.")
-@click.option(
-    "--topology",
-    "topology_file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=lambda: os.environ.get("COOPR_TOPOLOGY", str(deploy_dir() / "topology.local.toml")),
-    show_default="$COOPR_TOPOLOGY or deploy/topology.local.toml",
-)
+@topology_option
 def db_migrate(dc: str, topology_file: Path) -> None:
-    """Apply the migrations the DC's database lacks."""
-    from pipeline.db import migrate
+    """Apply the migrations the DC's database lacks and seed its shard ownership."""
+    from pipeline.db import prepare
 
     topology = load_topology(topology_file)
-    applied = migrate(topology.dc(dc).database, dc)
+    applied = prepare(topology, dc)
     click.echo(
         f"{dc}: applied {len(applied)} migrations"
         + "".join(f"\n  {m.version:04d} {m.name}" for m in applied)
     )
+
+
+@main.group()
+def worker() -> None:
+    """Long-running workers: they log with structlog, serve /metrics and /healthz, and stop
+    cleanly on SIGTERM (the batch in flight finishes)."""
+
+
+@worker.command("relay")
+@click.option("--dc", required=True, help="The DC whose outbox to publish.")
+@topology_option
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(0.01, 60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between outbox polls when no NOTIFY arrives.",
+)
+@click.option(
+    "--retention",
+    type=click.FloatRange(0),
+    default=86400.0,
+    show_default=True,
+    help="Seconds published rows stay in the outbox before they are pruned.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port of /metrics and /healthz (0: any free port, logged at start).",
+)
+def worker_relay(
+    dc: str,
+    topology_file: Path,
+    batch_size: int,
+    poll_interval: float,
+    retention: float,
+    metrics_port: int,
+) -> None:
+    """Publish this DC's outbox to its shard topics (one active relay per DC)."""
+    from pipeline.kafka_config import KafkaSettings
+    from pipeline.logging import get_logger
+    from pipeline.observability import ObservabilityServer
+    from pipeline.shutdown import stop_on_signals
+    from producer.relay import Relay, RelayConfig
+
+    topology = load_topology(topology_file)
+    site = topology.dc(dc)
+    config = RelayConfig(
+        dc=dc,
+        database=site.database,
+        kafka=KafkaSettings(site.kafka, client_id=f"coopr-relay-{dc}"),
+        batch_size=batch_size,
+        poll_interval_s=poll_interval,
+        retention_s=retention,
+    )
+    relay = Relay(config, stop_on_signals())
+    server = ObservabilityServer(relay.health, port=metrics_port)
+    get_logger("pipeline.cli").info("serving metrics and health", port=server.port, dc=dc)
+    try:
+        relay.run()
+    finally:
+        server.close()
 
 
 def _running_topology(run_dir: Path) -> Topology:

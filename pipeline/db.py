@@ -16,8 +16,10 @@ import psycopg2
 import psycopg2.extensions
 
 from pipeline.errors import ConfigError, UnreachableError
+from pipeline.ownership import seed_ownership
+from pipeline.topology import Topology
 
-__all__ = ["Migration", "connect", "migrate", "migrations"]
+__all__ = ["Migration", "connect", "migrate", "migrations", "prepare"]
 
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
@@ -98,5 +100,16 @@ def migrate(dsn: str, dc: str) -> list[Migration]:
                 )
     finally:
         # Closing the session releases the advisory lock.
+        conn.close()
+    return applied
+
+
+def prepare(topology: Topology, dc: str) -> list[Migration]:
+    """Migrate ``dc``'s database and seed its shard ownership from the topology."""
+    applied = migrate(topology.dc(dc).database, dc)
+    conn = connect(topology.dc(dc).database)
+    try:
+        seed_ownership(conn, topology, dc)
+    finally:
         conn.close()
     return applied

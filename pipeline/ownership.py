@@ -13,9 +13,11 @@ from psycopg2.extras import execute_values
 
 from pipeline.topology import Topology
 
-__all__ = ["INITIAL_EPOCH", "ShardOwner", "read_ownership", "seed_ownership"]
+__all__ = ["INITIAL_EPOCH", "OWNERSHIP_CHANNEL", "ShardOwner", "read_ownership", "seed_ownership"]
 
 INITIAL_EPOCH = 1
+#: NOTIFY channel (payload: the shard) when a shard's owner, epoch or writability changes.
+OWNERSHIP_CHANNEL = "coopr_ownership"
 
 
 @dataclass(frozen=True, slots=True)

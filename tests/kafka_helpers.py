@@ -56,3 +56,30 @@ def consume_until(
         return None
     finally:
         consumer.close()
+
+
+def end_offset(settings: KafkaSettings, topic: str) -> int:
+    """The high watermark of ``topic`` partition 0: the offset the next record gets."""
+    consumer = Consumer(settings.consumer("watermarks"))
+    try:
+        return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1])
+    finally:
+        consumer.close()
+
+
+def read_to_end(settings: KafkaSettings, topic: str, start: int, timeout_s: float) -> list[Message]:
+    """Every record of ``topic`` partition 0 from ``start`` to the current high watermark."""
+    end = end_offset(settings, topic)
+    consumer = Consumer(settings.consumer("read-to-end"))
+    consumer.assign([TopicPartition(topic, 0, start)])
+    records: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (not records or records[-1].offset() < end - 1) and end > start:
+            assert time.monotonic() < deadline, f"{topic}: read {len(records)} of {end - start}"
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                records.append(msg)
+        return records
+    finally:
+        consumer.close()

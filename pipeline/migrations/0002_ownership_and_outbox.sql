@@ -13,6 +13,21 @@ CREATE TABLE shard_ownership (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- Routers LISTEN on coopr_ownership to refresh their cache; only a change of owner, epoch or
+-- writability notifies (not the last_seq bump of every published event).
+CREATE FUNCTION notify_ownership_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('coopr_ownership', NEW.shard::text);
+    RETURN NEW;
+END;
+$$;
+CREATE TRIGGER shard_ownership_changed
+    AFTER UPDATE ON shard_ownership FOR EACH ROW
+    WHEN (OLD.owner_dc IS DISTINCT FROM NEW.owner_dc
+          OR OLD.epoch IS DISTINCT FROM NEW.epoch
+          OR OLD.writable IS DISTINCT FROM NEW.writable)
+    EXECUTE FUNCTION notify_ownership_change();
+
 -- One row per event, written in the same transaction as the state change it reports.
 -- The relay publishes rows in id order (= seq order within a shard, see above) and sets
 -- published_at only after Kafka acknowledged them.

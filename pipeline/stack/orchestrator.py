@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from pipeline.admin import TopicSpec, ensure_topics, list_topics
-from pipeline.db import connect, migrate
+from pipeline.db import connect, prepare
 from pipeline.errors import PipelineError, PortInUseError, StackError
 from pipeline.kafka_config import KafkaSettings
 from pipeline.logging import get_logger
@@ -229,7 +229,7 @@ def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
     for dc in topology.dcs:
         if not dc.witness:
             postgres.create_database(dc)
-            applied = migrate(dc.database, dc.name)
+            applied = prepare(topology, dc.name)
             log.info("database ready", dc=dc.name, migrations_applied=[m.version for m in applied])
         created = ensure_topics(_kafka(dc), dc_topics(topology, dc))
         log.info("topics ready", dc=dc.name, created=len(created))

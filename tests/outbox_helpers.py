@@ -1,0 +1,76 @@
+"""Writing realistic events into a DC's outbox, as a Coopr server would, for tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+
+from pipeline.bench.codec import sample_operation_completed
+from pipeline.db import connect
+from pipeline.events import OperationCompleted
+from pipeline.shards import shard_of
+from producer.outbox import Published, publish
+
+
+def cluster_ids_of(shard: int, shard_count: int, start: int = 0) -> Iterator[str]:
+    """Endless cluster IDs (``%08d``, from number ``start``) whose shard is ``shard``."""
+    ids = (f"{n:08d}" for n in itertools.count(start))
+    return (c for c in ids if shard_of(c, shard_count) == shard)
+
+
+def event_for(cluster_id: str, shard: int) -> OperationCompleted:
+    sample = sample_operation_completed(node_count=2)
+    cluster = dataclasses.replace(sample.cluster, id=cluster_id)
+    job = dataclasses.replace(sample.job, cluster_id=cluster_id)
+    return dataclasses.replace(sample, shard=shard, cluster=cluster, job=job)
+
+
+def publish_events(dsn: str, shard: int, shard_count: int, count: int) -> list[Published]:
+    """Publish ``count`` events for ``shard``, one transaction each."""
+    conn = connect(dsn)
+    out = []
+    try:
+        for cluster_id in itertools.islice(cluster_ids_of(shard, shard_count), count):
+            with conn:
+                out.append(publish(conn, event_for(cluster_id, shard)))
+    finally:
+        conn.close()
+    return out
+
+
+class EventWriter(threading.Thread):
+    """Publishes events round-robin over ``shards`` at about ``rate`` per second until stopped."""
+
+    def __init__(self, dsn: str, shards: list[int], shard_count: int, rate: float):
+        super().__init__(daemon=True)
+        self.dsn, self.shards, self.shard_count, self.rate = dsn, shards, shard_count, rate
+        self.published: list[Published] = []
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        conn = connect(self.dsn)
+        ids = {s: cluster_ids_of(s, self.shard_count, start=10_000_000) for s in self.shards}
+        start = time.monotonic()
+        try:
+            for i in itertools.count():
+                if self.halt.is_set() or time.monotonic() - start > 300:
+                    return
+                shard = self.shards[i % len(self.shards)]
+                with conn:
+                    self.published.append(publish(conn, event_for(next(ids[shard]), shard)))
+                time.sleep(max(0.0, start + (i + 1) / self.rate - time.monotonic()))
+        except BaseException as e:  # surfaced by the test after join()
+            self.error = e
+        finally:
+            conn.close()
+
+    def finish(self) -> list[Published]:
+        self.halt.set()
+        self.join(30)
+        if self.error is not None:
+            raise self.error
+        return self.published

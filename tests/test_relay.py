@@ -1,0 +1,290 @@
+"""The outbox and the relay against the real stack: nothing lost, order kept, one active relay."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.codec import decode
+from pipeline.db import connect
+from pipeline.errors import NotOwnerError, ShardNotWritableError
+from pipeline.stack import up
+from pipeline.stack.processes import StackState, stop
+from pipeline.topics import shard_topic
+from producer.outbox import publish
+from tests.conftest import RunningStack
+from tests.kafka_helpers import end_offset, read_to_end
+from tests.outbox_helpers import EventWriter, cluster_ids_of, event_for, publish_events
+
+pytestmark = pytest.mark.stack
+
+DC = "dc1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class RelayProcess:
+    """`coopr-pipeline worker relay` in a subprocess, with its health endpoint."""
+
+    def __init__(self, stack: RunningStack, dc: str = DC):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "--log-json",
+                "worker",
+                "relay",
+                "--dc",
+                dc,
+                "--topology",
+                str(stack.topology_file),
+                "--metrics-port",
+                str(self.port),
+                "--poll-interval",
+                "0.2",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def health(self) -> dict[str, object] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError as e:
+            body = getattr(e, "read", None)
+            return json.loads(body()) if body else None
+
+    def wait_role(self, role: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (h := self.health()) is not None and h["role"] == role:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"relay did not become {role} in {timeout_s} s: {self.health()}")
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+@pytest.fixture
+def relays(stack: RunningStack) -> Iterator[list[RelayProcess]]:
+    started: list[RelayProcess] = []
+    yield started
+    for r in started:
+        if r.proc.poll() is None:
+            r.kill()
+
+
+def owned_shards(stack: RunningStack, dc: str, count: int) -> list[int]:
+    return [s for s in range(stack.topology.shard_count) if stack.topology.initial_owner(s) == dc][
+        :count
+    ]
+
+
+def backlog(dsn: str) -> int:
+    conn = connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def wait_drained(dsn: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (left := backlog(dsn)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == 0, f"{left} outbox rows still unpublished after {timeout_s} s"
+
+
+def assert_complete_and_ordered(
+    stack: RunningStack, dc: str, starts: dict[int, int], written
+) -> int:
+    """Every written event is in its shard topic, in seq order, no gap; returns duplicates."""
+    duplicates = 0
+    for shard, start in starts.items():
+        expected = [(p.epoch, p.seq) for p in written if p.shard == shard]
+        records = read_to_end(stack.kafka(dc), shard_topic(shard), start, timeout_s=60)
+        seen: list[tuple[int, int]] = []
+        for msg in records:
+            event = decode(msg.value())
+            pos = (event.epoch, event.seq)
+            if seen and pos <= seen[-1]:
+                duplicates += 1
+                assert pos in seen, f"shard {shard}: {pos} went back to an unseen position"
+                continue
+            if seen:
+                assert pos == (seen[-1][0], seen[-1][1] + 1), (
+                    f"shard {shard}: gap {seen[-1]} -> {pos}"
+                )
+            seen.append(pos)
+        missing = set(expected) - set(seen)
+        assert not missing, (
+            f"shard {shard}: {len(missing)} of {len(expected)} written never published"
+        )
+    return duplicates
+
+
+def test_publish_refuses_a_shard_owned_elsewhere_naming_the_owner(stack: RunningStack) -> None:
+    foreign = next(s for s in range(16) if stack.topology.initial_owner(s) != DC)
+    owner = stack.topology.initial_owner(foreign)
+    conn = connect(stack.dc(DC).database)
+    try:
+        with pytest.raises(NotOwnerError, match=f"owned by {owner}") as caught:
+            publish(conn, event_for(next(cluster_ids_of(foreign, 16)), foreign))
+        assert caught.value.owner_dc == owner
+        conn.rollback()
+        own = owned_shards(stack, DC, 1)[0]
+        with conn.cursor() as cur:
+            cur.execute("UPDATE shard_ownership SET writable = false WHERE shard = %s", (own,))
+        with pytest.raises(ShardNotWritableError, match="read-only"):
+            publish(conn, event_for(next(cluster_ids_of(own, 16)), own))
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def test_concurrent_writers_get_gapless_seqs(stack: RunningStack) -> None:
+    shard = owned_shards(stack, DC, 1)[0]
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def writer() -> None:
+        for p in publish_events(stack.dc(DC).database, shard, 16, 25):
+            with lock:
+                results.append(p.seq)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    results.sort()
+    assert results == list(range(results[0], results[0] + 200))
+
+
+def test_relay_killed_three_times_loses_nothing(
+    stack: RunningStack, relays: list[RelayProcess]
+) -> None:
+    dsn = stack.dc(DC).database
+    shards = owned_shards(stack, DC, 3)
+    relays.append(RelayProcess(stack))
+    relays[-1].wait_role("active", 30)
+    wait_drained(dsn, 60)  # what earlier tests wrote goes out first
+    starts = {s: end_offset(stack.kafka(DC), shard_topic(s)) for s in shards}
+    writer = EventWriter(dsn, shards, stack.topology.shard_count, rate=150)
+    writer.start()
+    for _ in range(3):
+        time.sleep(2.5)
+        relays[-1].kill()
+        relays.append(RelayProcess(stack))
+        relays[-1].wait_role("active", 30)
+    time.sleep(1.0)
+    written = writer.finish()
+    wait_drained(dsn, 60)
+
+    duplicates = assert_complete_and_ordered(stack, DC, starts, written)
+    assert len(written) > 300
+    print(f"{len(written)} events, {duplicates} duplicates after 3 SIGKILLs")
+    assert relays[-1].terminate() == 0
+
+
+def test_broker_down_for_20_s_loses_nothing(
+    stack: RunningStack, relays: list[RelayProcess]
+) -> None:
+    dsn = stack.dc(DC).database
+    shards = owned_shards(stack, DC, 2)
+    relays.append(RelayProcess(stack))
+    relays[-1].wait_role("active", 30)
+    wait_drained(dsn, 60)
+    starts = {s: end_offset(stack.kafka(DC), shard_topic(s)) for s in shards}
+    writer = EventWriter(dsn, shards, stack.topology.shard_count, rate=50)
+    writer.start()
+    time.sleep(2)
+    state = StackState.load(stack.run_dir)
+    assert state is not None
+    stop(state.processes[f"kafka-{DC}"])
+    time.sleep(20)
+    assert backlog(dsn) > 0, "events written while the broker was down cannot be published yet"
+    up(stack.run_dir, stack.topology_file)
+    time.sleep(2)
+    written = writer.finish()
+    wait_drained(dsn, 90)
+
+    assert_complete_and_ordered(stack, DC, starts, written)
+    assert relays[-1].terminate() == 0
+
+
+def test_one_relay_active_and_the_standby_takes_over(
+    stack: RunningStack, relays: list[RelayProcess]
+) -> None:
+    first = RelayProcess(stack)
+    relays.append(first)
+    first.wait_role("active", 30)
+    second = RelayProcess(stack)
+    relays.append(second)
+    second.wait_role("standby", 30)
+    for _ in range(10):
+        roles = sorted(h["role"] for r in relays if (h := r.health()))
+        assert roles == ["active", "standby"]
+        time.sleep(0.2)
+
+    first.kill()
+    second.wait_role("active", 15)
+    shard = owned_shards(stack, DC, 1)[0]
+    start = end_offset(stack.kafka(DC), shard_topic(shard))
+    written = publish_events(stack.dc(DC).database, shard, 16, 20)
+    wait_drained(stack.dc(DC).database, 30)
+    assert_complete_and_ordered(stack, DC, {shard: start}, written)
+
+
+def test_sigterm_exits_zero_and_relay_reports_unreachable_database(
+    stack: RunningStack, tmp_path
+) -> None:
+    bad = tmp_path / "topology.toml"
+    bad.write_text(stack.topology_file.read_text().replace(str(stack.dc(DC).database_port), "1", 1))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "--log-json",
+            "worker",
+            "relay",
+            "--dc",
+            DC,
+            "--topology",
+            str(bad),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "unreachable" in err and "Traceback" not in err
