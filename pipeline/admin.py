@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 # confluent_kafka.admin re-exports NewTopic from cimpl, but its stubs do not declare that.
@@ -15,7 +15,7 @@ from confluent_kafka.cimpl import NewTopic
 from pipeline.errors import UnreachableError
 from pipeline.kafka_config import KafkaSettings
 
-__all__ = ["TopicSpec", "ensure_topics", "list_topics", "wait_until_reachable"]
+__all__ = ["TopicSpec", "ensure_topics", "high_watermark", "list_topics", "wait_until_reachable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +84,19 @@ def ensure_topics(
             if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise UnreachableError(f"creating topic {name} failed: {e.args[0].str()}") from None
     return created
+
+
+def high_watermark(settings: KafkaSettings, topic: str, partition: int = 0) -> int:
+    """The offset the next record of ``topic``/``partition`` will get."""
+    consumer = Consumer(settings.consumer("coopr-watermarks"))
+    try:
+        _, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=settings.request_timeout_ms / 1000.0
+        )
+    except KafkaException as e:
+        raise UnreachableError(
+            f"no watermarks for {topic} from {settings.bootstrap_servers}: {e}"
+        ) from None
+    finally:
+        consumer.close()
+    return int(high)

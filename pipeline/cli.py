@@ -371,11 +371,60 @@ def bench_codec_cmd(seconds: float) -> None:
     click.echo(_table(["FIGURE", "VALUE"], [[k, f"{v:,.2f}"] for k, v in figures.items()]))
 
 
+@bench.command("relay")
+@click.option("--dc", default="dc1", show_default=True)
+@click.option(
+    "--count",
+    type=click.IntRange(100, 10_000_000),
+    default=50_000,
+    show_default=True,
+    help="Events for the throughput run.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 100_000),
+    default=1000.0,
+    show_default=True,
+    help="Events per second for the latency run.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(1, 3600),
+    default=15.0,
+    show_default=True,
+    help="Length of the latency run.",
+)
+@run_dir_option
+def bench_relay_cmd(dc: str, count: int, rate: float, seconds: float, run_dir: Path) -> None:
+    """Relay throughput against bare librdkafka, and commit-to-ack latency at a fixed rate."""
+    from pipeline.bench.relay import bench_relay_latency, bench_relay_throughput
+
+    topology = _running_topology(run_dir)
+    t = bench_relay_throughput(topology, dc, count=count)
+    click.echo(f"relay throughput, {t.events} events of {t.event_bytes} B, outbox to acknowledged:")
+    click.echo(
+        _table(
+            ["PATH", "EVENTS/S"],
+            [
+                ["relay", f"{t.relay_per_s:,.0f}"],
+                ["bare librdkafka", f"{t.raw_per_s:,.0f}"],
+                ["ratio", f"{t.ratio:.2f}"],
+            ],
+        )
+    )
+    lat = bench_relay_latency(topology, dc, rate=rate, seconds=seconds)
+    click.echo(
+        f"relay latency at {lat.rate:,.0f} events/s ({lat.events} events), "
+        f"outbox insert to acknowledged: p50 {lat.p50_ms:.1f} ms, "
+        f"p99 {lat.p99_ms:.1f} ms, max {lat.max_ms:.1f} ms"
+    )
+
+
 @bench.command("all")
 @run_dir_option
 @click.pass_context
 def bench_all(ctx: click.Context, run_dir: Path) -> None:
-    """Every benchmark: codec, a cold stack, then mirror latency on the stack in --run-dir.
+    """Every benchmark: codec, a cold stack, then mirror and relay on the stack in --run-dir.
 
     The stack in --run-dir is brought up first (the default topology) if it is not running.
     """
@@ -387,6 +436,7 @@ def bench_all(ctx: click.Context, run_dir: Path) -> None:
     state = StackState.load(run_dir.resolve())
     up(run_dir, Path(state.topology) if state else deploy_dir() / "topology.local.toml")
     ctx.invoke(bench_mirror_cmd, run_dir=run_dir)
+    ctx.invoke(bench_relay_cmd, run_dir=run_dir)
 
 
 if __name__ == "__main__":

@@ -242,8 +242,9 @@ class Relay:
                     "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(%s)", (done,)
                 )
         PUBLISHED.labels(**self._labels).inc(len(done))
+        latency = LATENCY.labels(**self._labels)
         for seconds in latencies:
-            LATENCY.labels(**self._labels).observe(seconds)
+            latency.observe(seconds)
         if len(done) < len(rows):
             FAILED.labels(**self._labels).inc(len(rows) - len(delivered))
             reason = next(iter(failed.values()), "no delivery report in time")

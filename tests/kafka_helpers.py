@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 
+from pipeline.admin import high_watermark
 from pipeline.kafka_config import KafkaSettings
 
 
@@ -58,18 +59,9 @@ def consume_until(
         consumer.close()
 
 
-def end_offset(settings: KafkaSettings, topic: str) -> int:
-    """The high watermark of ``topic`` partition 0: the offset the next record gets."""
-    consumer = Consumer(settings.consumer("watermarks"))
-    try:
-        return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)[1])
-    finally:
-        consumer.close()
-
-
 def read_to_end(settings: KafkaSettings, topic: str, start: int, timeout_s: float) -> list[Message]:
     """Every record of ``topic`` partition 0 from ``start`` to the current high watermark."""
-    end = end_offset(settings, topic)
+    end = high_watermark(settings, topic)
     consumer = Consumer(settings.consumer("read-to-end"))
     consumer.assign([TopicPartition(topic, 0, start)])
     records: list[Message] = []

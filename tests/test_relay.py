@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pipeline.admin import high_watermark
 from pipeline.codec import decode
 from pipeline.db import connect
 from pipeline.errors import NotOwnerError, ShardNotWritableError
@@ -22,7 +23,7 @@ from pipeline.stack.processes import StackState, stop
 from pipeline.topics import shard_topic
 from producer.outbox import publish
 from tests.conftest import RunningStack
-from tests.kafka_helpers import end_offset, read_to_end
+from tests.kafka_helpers import read_to_end
 from tests.outbox_helpers import EventWriter, cluster_ids_of, event_for, publish_events
 
 pytestmark = pytest.mark.stack
@@ -194,7 +195,7 @@ def test_relay_killed_three_times_loses_nothing(
     relays.append(RelayProcess(stack))
     relays[-1].wait_role("active", 30)
     wait_drained(dsn, 60)  # what earlier tests wrote goes out first
-    starts = {s: end_offset(stack.kafka(DC), shard_topic(s)) for s in shards}
+    starts = {s: high_watermark(stack.kafka(DC), shard_topic(s)) for s in shards}
     writer = EventWriter(dsn, shards, stack.topology.shard_count, rate=150)
     writer.start()
     for _ in range(3):
@@ -220,7 +221,7 @@ def test_broker_down_for_20_s_loses_nothing(
     relays.append(RelayProcess(stack))
     relays[-1].wait_role("active", 30)
     wait_drained(dsn, 60)
-    starts = {s: end_offset(stack.kafka(DC), shard_topic(s)) for s in shards}
+    starts = {s: high_watermark(stack.kafka(DC), shard_topic(s)) for s in shards}
     writer = EventWriter(dsn, shards, stack.topology.shard_count, rate=50)
     writer.start()
     time.sleep(2)
@@ -255,7 +256,7 @@ def test_one_relay_active_and_the_standby_takes_over(
     first.kill()
     second.wait_role("active", 15)
     shard = owned_shards(stack, DC, 1)[0]
-    start = end_offset(stack.kafka(DC), shard_topic(shard))
+    start = high_watermark(stack.kafka(DC), shard_topic(shard))
     written = publish_events(stack.dc(DC).database, shard, 16, 20)
     wait_drained(stack.dc(DC).database, 30)
     assert_complete_and_ordered(stack, DC, {shard: start}, written)

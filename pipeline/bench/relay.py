@@ -1,0 +1,254 @@
+"""Relay benchmarks: throughput (outbox to acknowledged) against raw librdkafka, and latency.
+
+Throughput: ``count`` pre-encoded events are loaded into the DC's outbox (COPY, with the
+shards' seqs advanced as :func:`producer.outbox.publish` would), then a relay runs until the
+backlog is zero. In the same run, a bare librdkafka producer with the relay's settings sends
+the same bytes to the same topics: the limit the relay can approach.
+
+Latency: a writer publishes events at ``rate`` per second, one transaction each, while a relay
+worker (a separate process, as in production) publishes them; the figure is each row's
+``published_at - created_at`` (outbox insert to acknowledged and marked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+from confluent_kafka import Producer
+
+from pipeline.admin import high_watermark
+from pipeline.bench.codec import sample_operation_completed
+from pipeline.codec import encode
+from pipeline.db import connect
+from pipeline.errors import PipelineError
+from pipeline.kafka_config import KafkaSettings
+from pipeline.topics import mirrored, shard_topic
+from pipeline.topology import Topology
+from producer.outbox import publish
+from producer.relay import Relay, RelayConfig
+
+__all__ = ["RelayLatency", "RelayThroughput", "bench_relay_latency", "bench_relay_throughput"]
+
+
+@dataclass(frozen=True, slots=True)
+class RelayThroughput:
+    """Events per second through the relay and through bare librdkafka, same bytes."""
+
+    events: int
+    event_bytes: int
+    relay_per_s: float
+    raw_per_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.relay_per_s / self.raw_per_s
+
+
+@dataclass(frozen=True, slots=True)
+class RelayLatency:
+    """Outbox insert to acknowledged-and-marked, in ms, at ``rate`` events per second."""
+
+    rate: float
+    events: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def _owned_shards(topology: Topology, dc: str) -> list[int]:
+    return [s for s in range(topology.shard_count) if topology.initial_owner(s) == dc]
+
+
+def _payload(shard: int) -> bytes:
+    return encode(dataclasses.replace(sample_operation_completed(node_count=2), shard=shard))
+
+
+def _wait_empty(dsn: str, timeout_s: float) -> None:
+    conn = connect(dsn)
+    conn.autocommit = True
+    deadline = time.monotonic() + timeout_s
+    try:
+        with conn.cursor() as cur:
+            while time.monotonic() < deadline:
+                cur.execute("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)")
+                if not (cur.fetchone() or (True,))[0]:
+                    return
+                time.sleep(0.05)
+    finally:
+        conn.close()
+    raise PipelineError(f"the outbox did not drain within {timeout_s:g} s")
+
+
+def _wait_mirrored(
+    topology: Topology, dc: str, shards: list[int], timeout_s: float = 180.0
+) -> None:
+    """Wait until MirrorMaker 2 has copied the shards to their first replica, so that its work
+    for one phase does not take CPU from the next."""
+    deadline = time.monotonic() + timeout_s
+    for shard in shards:
+        replica = topology.dc(topology.replica_list(shard)[0])
+        target = high_watermark(KafkaSettings(topology.dc(dc).kafka), shard_topic(shard))
+        copy = mirrored(dc, shard_topic(shard))
+        while high_watermark(KafkaSettings(replica.kafka), copy) < target:
+            if time.monotonic() > deadline:
+                raise PipelineError(f"MirrorMaker 2 did not catch up within {timeout_s:g} s")
+            time.sleep(0.5)
+
+
+def _load_outbox(dsn: str, shards: list[int], count: int) -> None:
+    """COPY ``count`` rows into the outbox, round-robin over ``shards``, seqs advanced."""
+    per_shard = Counter(shards[i % len(shards)] for i in range(count))
+    payloads = {s: _payload(s).hex() for s in shards}
+    conn = connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            buf = io.StringIO()
+            for shard, n in per_shard.items():
+                cur.execute(
+                    "UPDATE shard_ownership SET last_seq = last_seq + %s WHERE shard = %s"
+                    " RETURNING epoch, last_seq",
+                    (n, shard),
+                )
+                epoch, last = cur.fetchone() or (0, 0)
+                for seq in range(last - n + 1, last + 1):
+                    buf.write(
+                        f"{shard}\t{epoch}\t{seq}\tOperationCompleted\tbench\t\\\\x{payloads[shard]}\n"
+                    )
+            buf.seek(0)
+            cur.copy_from(
+                buf,
+                "outbox",
+                columns=("shard", "epoch", "seq", "event_type", "event_key", "payload"),
+            )
+    finally:
+        conn.close()
+
+
+def _relay_until_empty(config: RelayConfig, timeout_s: float = 300.0) -> float:
+    """Run a relay in this process until the outbox is empty; returns the seconds it took."""
+    stop = threading.Event()
+    relay = Relay(config, stop)
+    worker = threading.Thread(target=relay.run, daemon=True)
+    start = time.monotonic()
+    worker.start()
+    try:
+        _wait_empty(config.database, timeout_s)
+        return time.monotonic() - start
+    finally:
+        stop.set()
+        worker.join(60)
+
+
+def bench_relay_throughput(topology: Topology, dc: str, *, count: int = 50_000) -> RelayThroughput:
+    """Relay throughput and, in the same run, bare librdkafka on the same bytes."""
+    site = topology.dc(dc)
+    shards = _owned_shards(topology, dc)
+    kafka = KafkaSettings(site.kafka, client_id="coopr-bench-relay")
+    config = RelayConfig(dc=dc, database=site.database, kafka=kafka)
+    _relay_until_empty(config)  # rows left by others must not count
+    _wait_mirrored(topology, dc, shards)
+
+    raw = Producer(config.producer_settings())
+    payloads = {s: _payload(s) for s in shards}
+    start = time.monotonic()
+    for i in range(count):
+        shard = shards[i % len(shards)]
+        while True:
+            try:
+                raw.produce(shard_topic(shard), value=payloads[shard], key=b"bench", partition=0)
+                break
+            except BufferError:
+                raw.poll(0.05)
+        raw.poll(0)
+    if raw.flush(120) != 0:
+        raise PipelineError("bare librdkafka did not get every acknowledgement within 120 s")
+    raw_s = time.monotonic() - start
+    _wait_mirrored(topology, dc, shards)
+
+    _load_outbox(site.database, shards, count)
+    relay_s = _relay_until_empty(config)
+    return RelayThroughput(count, len(payloads[shards[0]]), count / relay_s, count / raw_s)
+
+
+def bench_relay_latency(
+    topology: Topology, dc: str, *, rate: float = 1000.0, seconds: float = 15.0, writers: int = 4
+) -> RelayLatency:
+    """Publish at ``rate`` events/s for ``seconds`` with a relay worker process running.
+
+    ``writers`` threads share the rate, each with its own connection, as concurrent Coopr
+    servers would: one writer alone cannot commit 1000 transactions a second here.
+    """
+    site = topology.dc(dc)
+    shards = _owned_shards(topology, dc)
+    relay = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "--log-level",
+            "warning",
+            "worker",
+            "relay",
+            "--dc",
+            dc,
+            "--topology",
+            topology.source,
+            "--poll-interval",
+            "0.5",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    total = int(rate * seconds)
+
+    def write(index: int) -> None:
+        conn = connect(site.database)
+        template = sample_operation_completed(node_count=2)
+        try:
+            for i in range(index, total, writers):
+                with conn:
+                    publish(conn, dataclasses.replace(template, shard=shards[i % len(shards)]))
+                pause = start + (i + 1) / rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+        finally:
+            conn.close()
+
+    conn = connect(site.database)
+    try:
+        _wait_empty(site.database, 60)
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT coalesce(max(id), 0) FROM outbox")
+            first_id = (cur.fetchone() or (0,))[0]
+        start = time.monotonic()
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(seconds * 10 + 60)
+        achieved = total / (time.monotonic() - start)
+        _wait_empty(site.database, 60)
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT extract(epoch FROM published_at - created_at) * 1000 FROM outbox"
+                " WHERE id > %s ORDER BY 1",
+                (first_id,),
+            )
+            ms = [float(r[0]) for r in cur.fetchall()]
+    finally:
+        conn.close()
+        relay.terminate()
+        relay.wait(30)
+    return RelayLatency(
+        rate=min(rate, achieved),
+        events=len(ms),
+        p50_ms=ms[len(ms) // 2],
+        p99_ms=ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+        max_ms=ms[-1],
+    )
