@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import click
 
 from pipeline.errors import PipelineError
 from pipeline.logging import configure_logging
+from pipeline.observability import HealthFn
 from pipeline.stack.runtime import REPO_ROOT, deploy_dir
 from pipeline.topology import Topology, load_topology
 
@@ -262,8 +263,6 @@ def worker_relay(
 ) -> None:
     """Publish this DC's outbox to its shard topics (one active relay per DC)."""
     from pipeline.kafka_config import KafkaSettings
-    from pipeline.logging import get_logger
-    from pipeline.observability import ObservabilityServer
     from pipeline.shutdown import stop_on_signals
     from producer.relay import Relay, RelayConfig
 
@@ -278,12 +277,50 @@ def worker_relay(
         retention_s=retention,
     )
     relay = Relay(config, stop_on_signals())
-    server = ObservabilityServer(relay.health, port=metrics_port)
+    _serve_while(relay.run, relay.health, metrics_port, dc)
+
+
+def _serve_while(run: Callable[[], None], health: HealthFn, port: int, dc: str) -> None:
+    """Serve /metrics and /healthz on ``port`` while ``run`` runs."""
+    from pipeline.logging import get_logger
+    from pipeline.observability import ObservabilityServer
+
+    server = ObservabilityServer(health, port=port)
     get_logger("pipeline.cli").info("serving metrics and health", port=server.port, dc=dc)
     try:
-        relay.run()
+        run()
     finally:
         server.close()
+
+
+@worker.command("applier")
+@click.option("--dc", required=True, help="The DC whose replica tables to keep up to date.")
+@topology_option
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port of /metrics and /healthz (0: any free port, logged at start).",
+)
+def worker_applier(dc: str, topology_file: Path, batch_size: int, metrics_port: int) -> None:
+    """Apply the mirrored shard topics this DC replicates to its Postgres."""
+    from consumer.applier import Applier, ApplierConfig, replicated_topics
+    from pipeline.kafka_config import KafkaSettings
+    from pipeline.shutdown import stop_on_signals
+
+    topology = load_topology(topology_file)
+    site = topology.dc(dc)
+    config = ApplierConfig(
+        dc=dc,
+        database=site.database,
+        kafka=KafkaSettings(site.kafka, client_id=f"coopr-applier-{dc}"),
+        topics=replicated_topics(topology, dc),
+        batch_size=batch_size,
+    )
+    applier = Applier(config, stop_on_signals())
+    _serve_while(applier.run, applier.health, metrics_port, dc)
 
 
 def _running_topology(run_dir: Path) -> Topology:

@@ -38,6 +38,7 @@ __all__ = [
     "RestartCheckpoint",
     "Task",
     "TaskStatus",
+    "json_ready",
 ]
 
 
@@ -487,3 +488,10 @@ EVENT_TYPES: Mapping[str, type[Event]] = {
     cls.RECORD_NAME: cls
     for cls in (OperationCompleted, RestartCheckpoint, Heartbeat, OwnershipChange)
 }
+
+
+def json_ready(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record (as ``to_record`` or the codec's ``decode_record`` give it) with its times as
+    ISO-8601 text, ready for ``json.dumps``: the form of cluster state stored in jsonb columns,
+    on the owner and on replicas alike, so that both compare equal."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in record.items()}

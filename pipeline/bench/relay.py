@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Producer
 
-from pipeline.admin import high_watermark
+from pipeline.admin import TopicSpec, ensure_topics, high_watermark
 from pipeline.bench.codec import sample_operation_completed
 from pipeline.codec import encode
 from pipeline.db import connect
@@ -66,8 +66,12 @@ def _owned_shards(topology: Topology, dc: str) -> list[int]:
     return [s for s in range(topology.shard_count) if topology.initial_owner(s) == dc]
 
 
-def _payload(shard: int) -> bytes:
-    return encode(dataclasses.replace(sample_operation_completed(node_count=2), shard=shard))
+_RAW_TOPIC = "bench.relay.raw"
+
+
+def _payload(shard: int, owner_dc: str = "", epoch: int = 0, seq: int = 0) -> bytes:
+    event = sample_operation_completed(node_count=2)
+    return encode(dataclasses.replace(event, shard=shard, owner_dc=owner_dc, epoch=epoch, seq=seq))
 
 
 def _wait_empty(dsn: str, timeout_s: float) -> None:
@@ -102,10 +106,10 @@ def _wait_mirrored(
             time.sleep(0.5)
 
 
-def _load_outbox(dsn: str, shards: list[int], count: int) -> None:
-    """COPY ``count`` rows into the outbox, round-robin over ``shards``, seqs advanced."""
+def _load_outbox(dsn: str, dc: str, shards: list[int], count: int) -> None:
+    """COPY ``count`` real events into the outbox, round-robin over ``shards``, each with the
+    next seq of its shard, as :func:`producer.outbox.publish` would write them."""
     per_shard = Counter(shards[i % len(shards)] for i in range(count))
-    payloads = {s: _payload(s).hex() for s in shards}
     conn = connect(dsn)
     try:
         with conn, conn.cursor() as cur:
@@ -118,8 +122,9 @@ def _load_outbox(dsn: str, shards: list[int], count: int) -> None:
                 )
                 epoch, last = cur.fetchone() or (0, 0)
                 for seq in range(last - n + 1, last + 1):
+                    payload = _payload(shard, dc, epoch, seq).hex()
                     buf.write(
-                        f"{shard}\t{epoch}\t{seq}\tOperationCompleted\tbench\t\\\\x{payloads[shard]}\n"
+                        f"{shard}\t{epoch}\t{seq}\tOperationCompleted\t00000042\t\\\\x{payload}\n"
                     )
             buf.seek(0)
             cur.copy_from(
@@ -155,14 +160,16 @@ def bench_relay_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
     _relay_until_empty(config)  # rows left by others must not count
     _wait_mirrored(topology, dc, shards)
 
+    # The baseline writes the same bytes to a topic of its own: shard topics carry only real
+    # events with real seqs, or replicas would see them.
+    ensure_topics(kafka, [TopicSpec(_RAW_TOPIC)])
     raw = Producer(config.producer_settings())
-    payloads = {s: _payload(s) for s in shards}
+    payload = _payload(shards[0])
     start = time.monotonic()
-    for i in range(count):
-        shard = shards[i % len(shards)]
+    for _ in range(count):
         while True:
             try:
-                raw.produce(shard_topic(shard), value=payloads[shard], key=b"bench", partition=0)
+                raw.produce(_RAW_TOPIC, value=payload, key=b"00000042", partition=0)
                 break
             except BufferError:
                 raw.poll(0.05)
@@ -170,11 +177,10 @@ def bench_relay_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
     if raw.flush(120) != 0:
         raise PipelineError("bare librdkafka did not get every acknowledgement within 120 s")
     raw_s = time.monotonic() - start
-    _wait_mirrored(topology, dc, shards)
 
-    _load_outbox(site.database, shards, count)
+    _load_outbox(site.database, dc, shards, count)
     relay_s = _relay_until_empty(config)
-    return RelayThroughput(count, len(payloads[shards[0]]), count / relay_s, count / raw_s)
+    return RelayThroughput(count, len(payload), count / relay_s, count / raw_s)
 
 
 def bench_relay_latency(

@@ -1,0 +1,251 @@
+"""The replica's database side: one batch of mirrored events applied in one transaction.
+
+:func:`apply_batch` does, in a single transaction, in this order:
+
+1. lock the ``replication_state`` rows of the batch's shards (``FOR UPDATE``: two appliers
+   overlapping during a rebalance serialise here) and classify every event with
+   :func:`consumer.sequencing.check_sequence` (fenced, duplicate, gap, apply);
+2. keep, per cluster and per job, only the newest event of the batch;
+3. COPY those rows into temporary tables and upsert from them, each row only over an older
+   ``(epoch, seq)``, so a replay or a duplicate changes nothing;
+4. store the next offset of every partition the batch read (never moving one back);
+5. update the shards' replication state and record the gaps; commit.
+
+So the rows and the offsets that produced them are committed together or not at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg2.extensions
+from psycopg2.extras import execute_values
+
+from consumer.sequencing import Gap, Position, ShardState, check_sequence
+from pipeline.events import json_ready
+
+__all__ = ["Applied", "Incoming", "apply_batch", "stored_offsets"]
+
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS stage_clusters"
+    " (LIKE replica_clusters INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;"
+    "CREATE TEMP TABLE IF NOT EXISTS stage_checkpoints"
+    " (LIKE replica_checkpoints INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;"
+)
+_CLUSTER_COLUMNS = (
+    "cluster_id",
+    "shard",
+    "source_dc",
+    "epoch",
+    "seq",
+    "status",
+    "deleted",
+    "latest_job_id",
+    "body",
+    "nodes",
+    "occurred_at",
+)
+_CHECKPOINT_COLUMNS = (
+    "job_id",
+    "cluster_id",
+    "shard",
+    "source_dc",
+    "epoch",
+    "seq",
+    "completed",
+    "payload",
+    "occurred_at",
+)
+_UPSERT_CLUSTERS = """
+INSERT INTO replica_clusters AS r ({cols}) SELECT {cols} FROM stage_clusters
+ON CONFLICT (cluster_id) DO UPDATE SET
+    shard = EXCLUDED.shard, source_dc = EXCLUDED.source_dc, epoch = EXCLUDED.epoch,
+    seq = EXCLUDED.seq, status = EXCLUDED.status, deleted = EXCLUDED.deleted,
+    latest_job_id = EXCLUDED.latest_job_id, body = EXCLUDED.body, nodes = EXCLUDED.nodes,
+    occurred_at = EXCLUDED.occurred_at, applied_at = now()
+WHERE (r.epoch, r.seq) < (EXCLUDED.epoch, EXCLUDED.seq)
+""".format(cols=", ".join(_CLUSTER_COLUMNS))
+_UPSERT_CHECKPOINTS = """
+INSERT INTO replica_checkpoints AS r ({cols}) SELECT {cols} FROM stage_checkpoints
+ON CONFLICT (job_id) DO UPDATE SET
+    cluster_id = EXCLUDED.cluster_id, shard = EXCLUDED.shard, source_dc = EXCLUDED.source_dc,
+    epoch = EXCLUDED.epoch, seq = EXCLUDED.seq, completed = EXCLUDED.completed,
+    payload = EXCLUDED.payload, occurred_at = EXCLUDED.occurred_at, applied_at = now()
+WHERE (r.epoch, r.seq) < (EXCLUDED.epoch, EXCLUDED.seq)
+""".format(cols=", ".join(_CHECKPOINT_COLUMNS))
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A decoded shard event and where it was read."""
+
+    topic: str
+    partition: int
+    offset: int
+    position: Position
+    record_name: str
+    record: Mapping[str, Any]
+    payload: bytes
+
+    @property
+    def occurred_at(self) -> datetime:
+        value: datetime = self.record["occurred_at"]
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What a committed batch did."""
+
+    applied: list[Incoming]
+    duplicates: int
+    fenced: list[Incoming]
+    gaps: list[Gap]
+
+
+def stored_offsets(
+    conn: psycopg2.extensions.connection, partitions: Sequence[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """The next offset stored for each (topic, partition) that has one."""
+    if not partitions:
+        return {}
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT topic, partition, next_offset FROM applied_offsets"
+            " WHERE (topic, partition) IN %s",
+            (tuple(partitions),),
+        )
+        return {(t, p): int(o) for t, p, o in cur.fetchall()}
+
+
+def _csv(rows: Sequence[Sequence[object]]) -> io.StringIO:
+    buf = io.StringIO()
+    # Every string quoted, numbers bare; a NULL payload is written as "" and read back as
+    # NULL through FORCE_NULL. CSV, not text format: JSON's backslashes stay literal.
+    csv.writer(buf, quoting=csv.QUOTE_NONNUMERIC).writerows(rows)
+    buf.seek(0)
+    return buf
+
+
+def _rows(events: Sequence[Incoming]) -> tuple[list[list[object]], list[list[object]]]:
+    """Cluster and checkpoint rows of the newest event per cluster and per job."""
+    clusters: dict[str, list[object]] = {}
+    checkpoints: dict[str, list[object]] = {}
+    # Events of a shard come in increasing (epoch, seq), and a cluster or a job lives in one
+    # shard: a later event of the batch is always the newer one.
+    for ev in events:
+        pos, rec = ev.position, ev.record
+        when = ev.occurred_at.isoformat()
+        job = rec["job"]
+        if ev.record_name == "OperationCompleted":
+            cluster = rec["cluster"]
+            clusters[cluster["id"]] = [
+                cluster["id"],
+                pos.shard,
+                pos.source_dc,
+                pos.epoch,
+                pos.seq,
+                cluster["status"],
+                "t" if rec["cluster_deleted"] else "f",
+                cluster["latest_job_id"],
+                json.dumps(json_ready(cluster)),
+                json.dumps(rec["nodes"]),
+                when,
+            ]
+            payload = ""
+        else:
+            payload = "\\x" + ev.payload.hex()
+        checkpoints[job["id"]] = [
+            job["id"],
+            job["cluster_id"],
+            pos.shard,
+            pos.source_dc,
+            pos.epoch,
+            pos.seq,
+            "t" if ev.record_name == "OperationCompleted" else "f",
+            payload,
+            when,
+        ]
+    return list(clusters.values()), list(checkpoints.values())
+
+
+def apply_batch(
+    conn: psycopg2.extensions.connection,
+    events: Sequence[Incoming],
+    next_offsets: Mapping[tuple[str, int], int],
+) -> Applied:
+    """Apply ``events`` (in read order) and store ``next_offsets``, in one transaction.
+
+    ``next_offsets`` covers every partition the batch read, including records that went to
+    the dead-letter topic. Raises psycopg2's errors when the database fails; then nothing of
+    the batch is stored.
+    """
+    with conn, conn.cursor() as cur:
+        cur.execute(_STAGING)
+        shards = sorted({ev.position.shard for ev in events})
+        states: dict[int, ShardState] = {}
+        if shards:
+            cur.execute(
+                "SELECT shard, source_dc, epoch, last_seq FROM replication_state"
+                " WHERE shard = ANY(%s) ORDER BY shard FOR UPDATE",
+                (shards,),
+            )
+            states = {row[0]: ShardState(*row[1:]) for row in cur.fetchall()}
+        check = check_sequence(states, [ev.position for ev in events])
+        applied = [events[i] for i in check.apply]
+        clusters, checkpoints = _rows(applied)
+        if clusters:
+            cur.copy_expert(
+                f"COPY stage_clusters ({', '.join(_CLUSTER_COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
+                _csv(clusters),
+            )
+            cur.execute(_UPSERT_CLUSTERS)
+        if checkpoints:
+            cur.copy_expert(
+                f"COPY stage_checkpoints ({', '.join(_CHECKPOINT_COLUMNS)}) FROM STDIN"
+                " WITH (FORMAT csv, FORCE_NULL (payload))",
+                _csv(checkpoints),
+            )
+            cur.execute(_UPSERT_CHECKPOINTS)
+        if next_offsets:
+            execute_values(
+                cur,
+                "INSERT INTO applied_offsets AS a (topic, partition, next_offset) VALUES %s"
+                " ON CONFLICT (topic, partition) DO UPDATE"
+                " SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+                " WHERE a.next_offset < EXCLUDED.next_offset",
+                [(t, p, o) for (t, p), o in next_offsets.items()],
+            )
+        fenced = [events[i] for i in check.fenced]
+        touched = {ev.position.shard for ev in applied} | {ev.position.shard for ev in fenced}
+        if touched:
+            gaps_of = {s: sum(1 for g in check.gaps if g.shard == s) for s in touched}
+            fenced_of = {s: sum(1 for ev in fenced if ev.position.shard == s) for s in touched}
+            execute_values(
+                cur,
+                "INSERT INTO replication_state AS r"
+                " (shard, source_dc, epoch, last_seq, gaps, fenced) VALUES %s"
+                " ON CONFLICT (shard) DO UPDATE SET source_dc = EXCLUDED.source_dc,"
+                " epoch = EXCLUDED.epoch, last_seq = EXCLUDED.last_seq,"
+                " gaps = r.gaps + EXCLUDED.gaps, fenced = r.fenced + EXCLUDED.fenced,"
+                " last_applied_at = now()",
+                [
+                    (s, st.source_dc, st.epoch, st.last_seq, gaps_of[s], fenced_of[s])
+                    for s in sorted(touched)
+                    for st in [check.states[s]]
+                ],
+            )
+        if check.gaps:
+            execute_values(
+                cur,
+                "INSERT INTO replication_gaps (shard, source_dc, epoch, after_seq, before_seq)"
+                " VALUES %s",
+                [(g.shard, g.source_dc, g.epoch, g.after_seq, g.before_seq) for g in check.gaps],
+            )
+    return Applied(applied, len(check.duplicates), fenced, check.gaps)
