@@ -100,10 +100,12 @@ class ApplierConfig:
     topics: tuple[str, ...]
     batch_size: int = 5000
     max_backoff_s: float = 5.0
+    #: Defaults to ``coopr-applier-<dc>``: one group per DC.
+    group: str | None = None
 
     @property
     def group_id(self) -> str:
-        return f"coopr-applier-{self.dc}"
+        return self.group or f"coopr-applier-{self.dc}"
 
 
 @dataclass(slots=True)

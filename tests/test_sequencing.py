@@ -1,0 +1,50 @@
+"""Per-shard ordering: fenced, duplicate, gap and apply decisions."""
+
+from __future__ import annotations
+
+from consumer.sequencing import Gap, Position, ShardState, check_sequence
+
+
+def pos(seq: int, epoch: int = 1, shard: int = 3, dc: str = "dc1") -> Position:
+    return Position(shard, dc, epoch, seq)
+
+
+def test_in_order_events_are_all_applied() -> None:
+    result = check_sequence({}, [pos(1), pos(2), pos(3)])
+    assert result.apply == [0, 1, 2]
+    assert not (result.gaps or result.fenced or result.duplicates)
+    assert result.states[3] == ShardState("dc1", 1, 3)
+
+
+def test_replayed_events_are_duplicates() -> None:
+    result = check_sequence({3: ShardState("dc1", 1, 5)}, [pos(4), pos(5), pos(6)])
+    assert result.duplicates == [0, 1]
+    assert result.apply == [2]
+
+
+def test_a_missing_seq_is_a_gap_and_the_event_still_applies() -> None:
+    result = check_sequence({3: ShardState("dc1", 1, 5)}, [pos(6), pos(9)])
+    assert result.apply == [0, 1]
+    assert result.gaps == [Gap(3, "dc1", 1, 6, 9)]
+
+
+def test_an_older_epoch_is_fenced() -> None:
+    result = check_sequence(
+        {3: ShardState("dc2", 2, 4)}, [pos(7, epoch=1), pos(5, epoch=2, dc="dc2")]
+    )
+    assert result.fenced == [0]
+    assert result.apply == [1]
+
+
+def test_a_new_epoch_starts_at_seq_one() -> None:
+    result = check_sequence(
+        {3: ShardState("dc1", 1, 40)}, [pos(1, epoch=2, dc="dc2"), pos(3, epoch=3)]
+    )
+    assert result.apply == [0, 1]
+    assert result.gaps == [Gap(3, "dc1", 3, 0, 3)]
+    assert result.states[3] == ShardState("dc1", 3, 3)
+
+
+def test_shards_are_independent() -> None:
+    result = check_sequence({}, [pos(1, shard=1), pos(1, shard=2), pos(2, shard=1)])
+    assert result.apply == [0, 1, 2] and not result.gaps
