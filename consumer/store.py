@@ -30,7 +30,7 @@ from psycopg2.extras import execute_values
 from consumer.sequencing import Gap, Position, ShardState, check_sequence
 from pipeline.events import json_ready
 
-__all__ = ["Applied", "Incoming", "apply_batch", "stored_offsets"]
+__all__ = ["Applied", "Incoming", "apply_batch", "csv_buffer", "rows_of", "stored_offsets"]
 
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_clusters"
@@ -124,7 +124,8 @@ def stored_offsets(
         return {(t, p): int(o) for t, p, o in cur.fetchall()}
 
 
-def _csv(rows: Sequence[Sequence[object]]) -> io.StringIO:
+def csv_buffer(rows: Sequence[Sequence[object]]) -> io.StringIO:
+    """Rows as COPY ... (FORMAT csv) reads them."""
     buf = io.StringIO()
     # Every string quoted, numbers bare; a NULL payload is written as "" and read back as
     # NULL through FORCE_NULL. CSV, not text format: JSON's backslashes stay literal.
@@ -133,7 +134,7 @@ def _csv(rows: Sequence[Sequence[object]]) -> io.StringIO:
     return buf
 
 
-def _rows(events: Sequence[Incoming]) -> tuple[list[list[object]], list[list[object]]]:
+def rows_of(events: Sequence[Incoming]) -> tuple[list[list[object]], list[list[object]]]:
     """Cluster and checkpoint rows of the newest event per cluster and per job."""
     clusters: dict[str, list[object]] = {}
     checkpoints: dict[str, list[object]] = {}
@@ -199,18 +200,18 @@ def apply_batch(
             states = {row[0]: ShardState(*row[1:]) for row in cur.fetchall()}
         check = check_sequence(states, [ev.position for ev in events])
         applied = [events[i] for i in check.apply]
-        clusters, checkpoints = _rows(applied)
+        clusters, checkpoints = rows_of(applied)
         if clusters:
             cur.copy_expert(
                 f"COPY stage_clusters ({', '.join(_CLUSTER_COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
-                _csv(clusters),
+                csv_buffer(clusters),
             )
             cur.execute(_UPSERT_CLUSTERS)
         if checkpoints:
             cur.copy_expert(
                 f"COPY stage_checkpoints ({', '.join(_CHECKPOINT_COLUMNS)}) FROM STDIN"
                 " WITH (FORMAT csv, FORCE_NULL (payload))",
-                _csv(checkpoints),
+                csv_buffer(checkpoints),
             )
             cur.execute(_UPSERT_CHECKPOINTS)
         if next_offsets:

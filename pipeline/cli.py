@@ -457,11 +457,64 @@ def bench_relay_cmd(dc: str, count: int, rate: float, seconds: float, run_dir: P
     )
 
 
+@bench.command("applier")
+@click.option("--owner", default="dc1", show_default=True, help="DC whose events are replicated.")
+@click.option("--replica", default="dc2", show_default=True, help="DC whose applier is measured.")
+@click.option(
+    "--count",
+    type=click.IntRange(100, 10_000_000),
+    default=50_000,
+    show_default=True,
+    help="Events for the throughput run.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 100_000),
+    default=2000.0,
+    show_default=True,
+    help="Events per second for the delay run.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(1, 3600),
+    default=60.0,
+    show_default=True,
+    help="Length of the delay run.",
+)
+@run_dir_option
+def bench_applier_cmd(
+    owner: str, replica: str, count: int, rate: float, seconds: float, run_dir: Path
+) -> None:
+    """Apply throughput against a bare COPY, and outbox-to-replica delay at a fixed rate."""
+    from pipeline.bench.applier import bench_apply_throughput, bench_replication_delay
+
+    topology = _running_topology(run_dir)
+    t = bench_apply_throughput(topology, replica, count=count)
+    click.echo(f"apply throughput, {t.events} events into {replica}'s Postgres:")
+    click.echo(
+        _table(
+            ["PATH", "EVENTS/S"],
+            [
+                ["applier", f"{t.applier_per_s:,.0f}"],
+                ["bare COPY", f"{t.copy_per_s:,.0f}"],
+                ["ratio", f"{t.ratio:.2f}"],
+            ],
+        )
+    )
+    d = bench_replication_delay(topology, owner, replica, rate=rate, seconds=seconds)
+    click.echo(
+        f"replication delay {owner}->{replica} at {d.rate:,.0f} events/s for {d.seconds:g} s "
+        f"({d.events} events), outbox commit to replica row: p50 {d.p50_ms:.0f} ms, "
+        f"p99 {d.p99_ms:.0f} ms, max {d.max_ms:.0f} ms"
+    )
+
+
 @bench.command("all")
 @run_dir_option
 @click.pass_context
 def bench_all(ctx: click.Context, run_dir: Path) -> None:
-    """Every benchmark: codec, a cold stack, then mirror and relay on the stack in --run-dir.
+    """Every benchmark: codec, a cold stack, then mirror, relay and applier on the stack in
+    --run-dir.
 
     The stack in --run-dir is brought up first (the default topology) if it is not running.
     """
@@ -474,6 +527,7 @@ def bench_all(ctx: click.Context, run_dir: Path) -> None:
     up(run_dir, Path(state.topology) if state else deploy_dir() / "topology.local.toml")
     ctx.invoke(bench_mirror_cmd, run_dir=run_dir)
     ctx.invoke(bench_relay_cmd, run_dir=run_dir)
+    ctx.invoke(bench_applier_cmd, run_dir=run_dir)
 
 
 if __name__ == "__main__":

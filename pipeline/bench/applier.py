@@ -1,0 +1,296 @@
+"""Applier benchmarks: apply throughput against a bare COPY, and end-to-end replication delay.
+
+Throughput: ``count`` distinct OperationCompleted events (pre-encoded) are written to a
+mirrored topic of a made-up source DC in the replica's cluster; an applier in this process
+applies them. In the same run the same rows, already rendered as CSV, are COPY'd into the
+same table: the limit of any writer. Both sides' rows are deleted afterwards.
+
+Delay: writers publish at ``rate`` events/s in the owner DC while a relay (owner) and an
+applier (replica) run as worker processes, with MirrorMaker 2 in between. Each event's delay
+is the replica row's ``applied_at`` minus the owner's outbox ``created_at``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Producer
+
+from consumer.applier import Applier, ApplierConfig
+from consumer.sequencing import Position
+from consumer.store import Incoming, csv_buffer, rows_of
+from pipeline.admin import TopicSpec, ensure_topics
+from pipeline.bench.codec import sample_operation_completed
+from pipeline.codec import decode_record, encode
+from pipeline.db import connect
+from pipeline.errors import PipelineError
+from pipeline.kafka_config import KafkaSettings
+from pipeline.topics import mirrored, shard_topic
+from pipeline.topology import Topology
+from producer.outbox import publish
+
+__all__ = [
+    "ApplyThroughput",
+    "ReplicationDelay",
+    "bench_apply_throughput",
+    "bench_replication_delay",
+]
+
+_BENCH_SHARD = 96
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyThroughput:
+    """Events per second applied, and rows per second of a bare COPY of the same rows."""
+
+    events: int
+    applier_per_s: float
+    copy_per_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.applier_per_s / self.copy_per_s
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationDelay:
+    """Outbox commit in the owner DC to row applied in the replica, in ms."""
+
+    rate: float
+    seconds: float
+    events: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+def _events(source_dc: str, count: int) -> list[bytes]:
+    template = sample_operation_completed(node_count=2)
+    out = []
+    for seq in range(1, count + 1):
+        cluster_id = f"b{seq:08d}"
+        ev = dataclasses.replace(
+            template,
+            shard=_BENCH_SHARD,
+            owner_dc=source_dc,
+            epoch=1,
+            seq=seq,
+            cluster=dataclasses.replace(template.cluster, id=cluster_id),
+            job=dataclasses.replace(template.job, cluster_id=cluster_id, id=f"{cluster_id}-001"),
+        )
+        out.append(encode(ev))
+    return out
+
+
+def _execute(dsn: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    conn = connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) -> ApplyThroughput:
+    """Apply throughput of DC ``dc``'s applier, and a bare COPY of the same rows."""
+    site = topology.dc(dc)
+    source_dc = f"bench{uuid.uuid4().hex[:6]}"
+    topic = mirrored(source_dc, shard_topic(_BENCH_SHARD))
+    kafka = KafkaSettings(site.kafka, client_id="coopr-bench-applier")
+    ensure_topics(kafka, [TopicSpec(topic)])
+    payloads = _events(source_dc, count)
+    producer = Producer(kafka.producer())
+    for value in payloads:
+        while True:
+            try:
+                producer.produce(topic, value=value, partition=0)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(120) != 0:
+        raise PipelineError("the benchmark's events were not all acknowledged")
+    _execute(site.database, "DELETE FROM replication_state WHERE shard = %s", _BENCH_SHARD)
+
+    stop = threading.Event()
+    config = ApplierConfig(
+        dc=dc, database=site.database, kafka=kafka, topics=(topic,), group=f"bench-{source_dc}"
+    )
+    worker = threading.Thread(target=Applier(config, stop).run, daemon=True)
+    start = time.monotonic()
+    worker.start()
+    deadline = start + 600
+    try:
+        while time.monotonic() < deadline:
+            rows = _execute(
+                site.database, "SELECT next_offset FROM applied_offsets WHERE topic = %s", topic
+            )
+            if rows and rows[0][0] == count:
+                break
+            time.sleep(0.05)
+        else:
+            raise PipelineError("the applier did not finish within 600 s")
+        applier_s = time.monotonic() - start
+    finally:
+        stop.set()
+        worker.join(60)
+
+    # The limit: the same rows, rendered before the clock starts, COPY'd into the same table.
+    incoming = []
+    for offset, value in enumerate(payloads):
+        name, record = decode_record(value)
+        cluster = record["cluster"]
+        cluster["id"] = "c" + cluster["id"]
+        incoming.append(
+            Incoming(
+                topic,
+                0,
+                offset,
+                Position(_BENCH_SHARD, source_dc, 1, offset + 1),
+                name,
+                record,
+                value,
+            )
+        )
+    clusters, _ = rows_of(incoming)
+    buf = csv_buffer(clusters)
+    conn = connect(site.database)
+    try:
+        start = time.monotonic()
+        with conn, conn.cursor() as cur:
+            cur.copy_expert(
+                "COPY replica_clusters (cluster_id, shard, source_dc, epoch, seq, status, deleted,"
+                " latest_job_id, body, nodes, occurred_at) FROM STDIN WITH (FORMAT csv)",
+                buf,
+            )
+        copy_s = time.monotonic() - start
+        with conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM replica_clusters WHERE source_dc = %s", (source_dc,))
+            cur.execute("DELETE FROM replica_checkpoints WHERE source_dc = %s", (source_dc,))
+            cur.execute("DELETE FROM replication_state WHERE shard = %s", (_BENCH_SHARD,))
+    finally:
+        conn.close()
+    return ApplyThroughput(count, count / applier_s, count / copy_s)
+
+
+def bench_replication_delay(
+    topology: Topology,
+    owner: str,
+    replica: str,
+    *,
+    rate: float = 2000.0,
+    seconds: float = 60.0,
+    writers: int = 4,
+    per_transaction: int = 5,
+) -> ReplicationDelay:
+    """Delay from outbox commit in ``owner`` to row applied in ``replica`` at ``rate`` events/s.
+
+    ``writers`` threads commit ``per_transaction`` events each time, so that the load
+    generator itself keeps up with the rate on a small machine.
+    """
+    shards = [
+        s
+        for s in range(topology.shard_count)
+        if topology.initial_owner(s) == owner and replica in topology.replica_list(s)
+    ]
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "--log-level",
+                "warning",
+                "worker",
+                kind,
+                "--dc",
+                dc,
+                "--topology",
+                topology.source,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        for kind, dc in (("relay", owner), ("applier", replica))
+    ]
+    run = uuid.uuid4().hex[:6]
+    total = int(rate * seconds)
+    template = sample_operation_completed(node_count=2)
+    start = time.monotonic() + 10.0  # the workers join their group and catch up first
+
+    def write(index: int) -> None:
+        conn = connect(topology.dc(owner).database)
+        try:
+            batches = range(index * per_transaction, total, writers * per_transaction)
+            for first in batches:
+                pause = start + first / rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                with conn:
+                    for i in range(first, min(first + per_transaction, total)):
+                        cluster_id = f"d{run}{i:08d}"
+                        publish(
+                            conn,
+                            dataclasses.replace(
+                                template,
+                                shard=shards[i % len(shards)],
+                                cluster=dataclasses.replace(template.cluster, id=cluster_id),
+                                job=dataclasses.replace(template.job, cluster_id=cluster_id),
+                                occurred_at=datetime.now(UTC),
+                            ),
+                        )
+        finally:
+            conn.close()
+
+    try:
+        threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(seconds * 10 + 60)
+        achieved = total / (time.monotonic() - start)
+        deadline = time.monotonic() + 120
+        pattern = f"d{run}%"
+        while time.monotonic() < deadline:
+            done = _execute(
+                topology.dc(replica).database,
+                "SELECT count(*) FROM replica_clusters WHERE cluster_id LIKE %s",
+                pattern,
+            )
+            if done[0][0] == total:
+                break
+            time.sleep(0.5)
+        created = dict(
+            _execute(
+                topology.dc(owner).database,
+                "SELECT event_key, created_at FROM outbox WHERE event_key LIKE %s",
+                pattern,
+            )
+        )
+        applied = _execute(
+            topology.dc(replica).database,
+            "SELECT cluster_id, applied_at FROM replica_clusters WHERE cluster_id LIKE %s",
+            pattern,
+        )
+    finally:
+        for w in workers:
+            w.terminate()
+            w.wait(30)
+    ms = sorted((at - created[cid]).total_seconds() * 1000 for cid, at in applied if cid in created)
+    if len(ms) < total:
+        raise PipelineError(f"only {len(ms)} of {total} events reached {replica} within 120 s")
+    return ReplicationDelay(
+        min(rate, achieved),
+        seconds,
+        len(ms),
+        ms[len(ms) // 2],
+        ms[min(len(ms) - 1, int(len(ms) * 0.99))],
+        ms[-1],
+    )
