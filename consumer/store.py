@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg2.extensions
 from psycopg2.extras import execute_values
 
@@ -155,8 +155,8 @@ def rows_of(events: Sequence[Incoming]) -> tuple[list[list[object]], list[list[o
                 cluster["status"],
                 "t" if rec["cluster_deleted"] else "f",
                 cluster["latest_job_id"],
-                json.dumps(json_ready(cluster)),
-                json.dumps(rec["nodes"]),
+                orjson.dumps(json_ready(cluster)).decode(),
+                orjson.dumps(rec["nodes"]).decode(),
                 when,
             ]
             payload = ""

@@ -128,18 +128,22 @@ def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
     start = time.monotonic()
     worker.start()
     deadline = start + 600
+    # One connection for the whole wait: a new one per check would take CPU from the applier.
+    watch = connect(site.database)
+    watch.autocommit = True
     try:
-        while time.monotonic() < deadline:
-            rows = _execute(
-                site.database, "SELECT next_offset FROM applied_offsets WHERE topic = %s", topic
-            )
-            if rows and rows[0][0] == count:
-                break
-            time.sleep(0.05)
-        else:
-            raise PipelineError("the applier did not finish within 600 s")
+        with watch.cursor() as cur:
+            while time.monotonic() < deadline:
+                cur.execute("SELECT next_offset FROM applied_offsets WHERE topic = %s", (topic,))
+                row = cur.fetchone()
+                if row is not None and row[0] == count:
+                    break
+                time.sleep(0.1)
+            else:
+                raise PipelineError("the applier did not finish within 600 s")
         applier_s = time.monotonic() - start
     finally:
+        watch.close()
         stop.set()
         worker.join(60)
 
