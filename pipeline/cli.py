@@ -323,6 +323,46 @@ def worker_applier(dc: str, topology_file: Path, batch_size: int, metrics_port: 
     _serve_while(applier.run, applier.health, metrics_port, dc)
 
 
+@main.command("simulate")
+@click.option("--dc", required=True, help="The DC whose stand-in Coopr server to run.")
+@topology_option
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1, 100_000),
+    default=50.0,
+    show_default=True,
+    help="Events (stage boundaries and completions) per second, across all jobs.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to start new work; jobs in flight then pass one more boundary.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Same seed and database state: the same operations.",
+)
+def simulate(dc: str, topology_file: Path, rate: float, duration: float, seed: int) -> None:
+    """A stand-in Coopr server: realistic multi-stage jobs, each stage boundary one
+    transaction with its outbox event; writes for another DC's shard go to that DC."""
+    import dataclasses
+
+    from pipeline.shutdown import stop_on_signals
+    from producer.simulator import SimulatorConfig, run_simulation
+
+    stats = run_simulation(
+        load_topology(topology_file),
+        SimulatorConfig(dc=dc, rate=rate, duration_s=duration, seed=seed),
+        stop_on_signals(),
+    )
+    click.echo(json.dumps(dataclasses.asdict(stats), default=dict, indent=2))
+
+
 def _running_topology(run_dir: Path) -> Topology:
     from pipeline.stack.processes import StackState
 

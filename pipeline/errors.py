@@ -7,6 +7,7 @@ Every error a user can cause or meet carries a message in words; the CLI prints
 from __future__ import annotations
 
 __all__ = [
+    "ClusterBusyError",
     "CodecError",
     "ConfigError",
     "CorruptBodyError",
@@ -25,7 +26,6 @@ __all__ = [
     "TopicNameError",
     "UnknownFingerprintError",
     "UnreachableError",
-    "WorkerError",
 ]
 
 
@@ -146,5 +146,13 @@ class ShardNotWritableError(OwnershipError):
         )
 
 
-class WorkerError(PipelineError):
-    """A long-running worker cannot go on (for example its database refuses its DC)."""
+class ClusterBusyError(PipelineError):
+    """A job already runs on the cluster, so Coopr refuses to start another (its HTTP 409)."""
+
+    def __init__(self, cluster_id: str, running_job_id: str):
+        self.cluster_id = cluster_id
+        self.running_job_id = running_job_id
+        super().__init__(
+            f"cluster {cluster_id} is busy with job {running_job_id}: "
+            "wait for it to end before starting another"
+        )

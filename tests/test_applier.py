@@ -78,7 +78,8 @@ def run_applier(stack: RunningStack) -> Iterator[Callable[[FakeSource], threadin
 
 
 def event(source: FakeSource, seq: int, epoch: int = 1, n: int | None = None) -> bytes:
-    cluster = f"9{source.shard:02d}{n if n is not None else seq:05d}"
+    # Unique per source, so a rerun on a reused stack does not meet its own earlier rows.
+    cluster = f"{source.dc}-{n if n is not None else seq:05d}"
     ev = event_for(cluster, source.shard)
     return encode(dataclasses.replace(ev, owner_dc=source.dc, epoch=epoch, seq=seq))
 

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -25,68 +19,23 @@ from producer.outbox import publish
 from tests.conftest import RunningStack
 from tests.kafka_helpers import read_to_end
 from tests.outbox_helpers import EventWriter, cluster_ids_of, event_for, publish_events
+from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.stack
 
 DC = "dc1"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RelayProcess:
+class RelayProcess(WorkerProcess):
     """`coopr-pipeline worker relay` in a subprocess, with its health endpoint."""
 
     def __init__(self, stack: RunningStack, dc: str = DC):
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.cli",
-                "--log-json",
-                "worker",
-                "relay",
-                "--dc",
-                dc,
-                "--topology",
-                str(stack.topology_file),
-                "--metrics-port",
-                str(self.port),
-                "--poll-interval",
-                "0.2",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
+        super().__init__(
+            stack.topology_file, "worker", "relay", "--dc", dc, "--poll-interval", "0.2"
         )
 
-    def health(self) -> dict[str, object] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
-                return json.loads(r.read())
-        except OSError as e:
-            body = getattr(e, "read", None)
-            return json.loads(body()) if body else None
-
     def wait_role(self, role: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if (h := self.health()) is not None and h["role"] == role:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"relay did not become {role} in {timeout_s} s: {self.health()}")
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
+        self.wait_health("role", role, timeout_s)
 
 
 @pytest.fixture
@@ -267,25 +216,8 @@ def test_sigterm_exits_zero_and_relay_reports_unreachable_database(
 ) -> None:
     bad = tmp_path / "topology.toml"
     bad.write_text(stack.topology_file.read_text().replace(str(stack.dc(DC).database_port), "1", 1))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "--log-json",
-            "worker",
-            "relay",
-            "--dc",
-            DC,
-            "--topology",
-            str(bad),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(3)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0
-    assert "unreachable" in err and "Traceback" not in err
+    relay = WorkerProcess(bad, "worker", "relay", "--dc", DC)
+    relay.wait_health("role", "standby", 15)
+    assert relay.health()["last_error"].startswith("database at 127.0.0.1 is unreachable")
+    assert relay.terminate() == 0
+    assert "unreachable" in relay.output() and "Traceback" not in relay.output()

@@ -1,0 +1,78 @@
+"""Workers (`coopr-pipeline worker ...`, `simulate`) as subprocesses, as operators run them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WorkerProcess:
+    """One CLI process; its log (JSON lines) goes to a file, never to a pipe that could fill."""
+
+    def __init__(self, topology_file: Path, *args: str):
+        self.port = free_port()
+        self.killed = False
+        self.log = Path(tempfile.mkstemp(prefix="coopr-worker-", suffix=".log")[1])
+        extra = ["--metrics-port", str(self.port)] if args[0] == "worker" else []
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.cli",
+                    "--log-json",
+                    *args,
+                    "--topology",
+                    str(topology_file),
+                    *extra,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def health(self) -> dict[str, Any] | None:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                return dict(json.loads(r.read()))
+        except urllib.error.HTTPError as e:  # 503: unhealthy, still a health report
+            return dict(json.loads(e.read()))
+        except OSError:
+            return None
+
+    def wait_health(self, key: str, value: object, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (h := self.health()) is not None and h.get(key) == value:
+                return
+            assert self.proc.poll() is None, f"worker exited: {self.log.read_text()[-2000:]}"
+            time.sleep(0.1)
+        raise AssertionError(f"{key} != {value!r} after {timeout_s} s: {self.health()}")
+
+    def kill(self) -> None:
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout_s)
+
+    def output(self) -> str:
+        return self.log.read_text()
