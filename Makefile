@@ -31,7 +31,7 @@ system-deps:
 
 demo: setup
 	$(CLI) stack up
-	$(CLI) bench mirror --count 200 --rate 100
+	$(CLI) demo --duration 30
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -363,6 +363,43 @@ def simulate(dc: str, topology_file: Path, rate: float, duration: float, seed: i
     click.echo(json.dumps(dataclasses.asdict(stats), default=dict, indent=2))
 
 
+@main.command("demo")
+@click.option(
+    "--duration",
+    type=click.FloatRange(5, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds the simulators create work.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 10_000),
+    default=20.0,
+    show_default=True,
+    help="Events per second each DC's simulator aims at.",
+)
+@run_dir_option
+def demo(duration: float, rate: float, run_dir: Path) -> None:
+    """Run a relay, an applier and a simulator in every DC of the running stack; report."""
+    from pipeline.demo import run_demo
+    from pipeline.stack.processes import StackState
+
+    state = StackState.load(run_dir.resolve())
+    if state is None:
+        raise click.ClickException(f"no stack in {run_dir}: run `coopr-pipeline stack up` first")
+    rows = run_demo(
+        load_topology(state.topology), Path(state.topology), run_dir, duration_s=duration, rate=rate
+    )
+    click.echo(f"pipeline demo, {duration:g} s, simulators at {rate:g} events/s per DC:")
+    click.echo(
+        _table(
+            ["DC", "EVENTS PUBLISHED", "ROWS APPLIED AS REPLICA", "DELAY P50 MS", "DELAY P99 MS"],
+            [[r.dc, r.published, r.applied, f"{r.p50_ms:.0f}", f"{r.p99_ms:.0f}"] for r in rows],
+        )
+    )
+    click.echo("replication delay: replica row applied_at - event occurred_at in the owner DC")
+
+
 def _running_topology(run_dir: Path) -> Topology:
     from pipeline.stack.processes import StackState
 
