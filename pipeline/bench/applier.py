@@ -7,7 +7,7 @@ same table: the limit of any writer. Both sides' rows are deleted afterwards.
 
 Delay: writers publish at ``rate`` events/s in the owner DC while a relay (owner) and an
 applier (replica) run as worker processes, with MirrorMaker 2 in between. Each event's delay
-is the replica row's ``applied_at`` minus the owner's outbox ``created_at``.
+is the replica row's ``applied_at`` minus the time the owner's commit returned.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Producer
@@ -29,13 +28,13 @@ from consumer.sequencing import Position
 from consumer.store import Incoming, csv_buffer, rows_of
 from pipeline.admin import TopicSpec, ensure_topics
 from pipeline.bench.codec import sample_operation_completed
+from pipeline.bench.load import publish_at_rate
 from pipeline.codec import decode_record, encode
 from pipeline.db import connect
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
 from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
-from producer.outbox import publish
 
 __all__ = [
     "ApplyThroughput",
@@ -192,13 +191,11 @@ def bench_replication_delay(
     *,
     rate: float = 2000.0,
     seconds: float = 60.0,
-    writers: int = 4,
-    per_transaction: int = 5,
 ) -> ReplicationDelay:
     """Delay from outbox commit in ``owner`` to row applied in ``replica`` at ``rate`` events/s.
 
-    ``writers`` threads commit ``per_transaction`` events each time, so that the load
-    generator itself keeps up with the rate on a small machine.
+    A relay (owner) and an applier (replica) run as worker processes, MirrorMaker 2 between.
+    Per event: the replica row's ``applied_at`` minus the time the writer's commit returned.
     """
     shards = [
         s
@@ -224,72 +221,41 @@ def bench_replication_delay(
         )
         for kind, dc in (("relay", owner), ("applier", replica))
     ]
-    run = uuid.uuid4().hex[:6]
-    total = int(rate * seconds)
-    template = sample_operation_completed(node_count=2)
-    start = time.monotonic() + 10.0  # the workers join their group and catch up first
 
-    def write(index: int) -> None:
-        conn = connect(topology.dc(owner).database)
-        try:
-            batches = range(index * per_transaction, total, writers * per_transaction)
-            for first in batches:
-                pause = start + first / rate - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-                with conn:
-                    for i in range(first, min(first + per_transaction, total)):
-                        cluster_id = f"d{run}{i:08d}"
-                        publish(
-                            conn,
-                            dataclasses.replace(
-                                template,
-                                shard=shards[i % len(shards)],
-                                cluster=dataclasses.replace(template.cluster, id=cluster_id),
-                                job=dataclasses.replace(template.job, cluster_id=cluster_id),
-                                occurred_at=datetime.now(UTC),
-                            ),
-                        )
-        finally:
-            conn.close()
+    def wait_applied(committed: dict[str, float], timeout_s: float) -> dict[str, float]:
+        deadline = time.monotonic() + timeout_s
+        applied: dict[str, float] = {}
+        while len(applied) < len(committed) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            applied = {
+                k: float(t)
+                for k, t in _execute(
+                    topology.dc(replica).database,
+                    "SELECT cluster_id, extract(epoch FROM applied_at) FROM replica_clusters"
+                    " WHERE cluster_id = ANY(%s)",
+                    list(committed),
+                )
+            }
+        return applied
 
     try:
-        threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(seconds * 10 + 60)
-        achieved = total / (time.monotonic() - start)
-        deadline = time.monotonic() + 120
-        pattern = f"d{run}%"
-        while time.monotonic() < deadline:
-            done = _execute(
-                topology.dc(replica).database,
-                "SELECT count(*) FROM replica_clusters WHERE cluster_id LIKE %s",
-                pattern,
-            )
-            if done[0][0] == total:
-                break
-            time.sleep(0.5)
-        created = dict(
-            _execute(
-                topology.dc(owner).database,
-                "SELECT event_key, created_at FROM outbox WHERE event_key LIKE %s",
-                pattern,
-            )
+        # Warm-up: a few events all the way through, so the workers' start is not measured.
+        warm, _ = publish_at_rate(topology.dc(owner).database, shards, rate=10, seconds=0.5)
+        if len(wait_applied(warm, 120)) < len(warm):
+            raise PipelineError(f"warm-up events did not reach {replica} within 120 s")
+        committed, achieved = publish_at_rate(
+            topology.dc(owner).database, shards, rate=rate, seconds=seconds
         )
-        applied = _execute(
-            topology.dc(replica).database,
-            "SELECT cluster_id, applied_at FROM replica_clusters WHERE cluster_id LIKE %s",
-            pattern,
-        )
+        applied = wait_applied(committed, 120)
     finally:
         for w in workers:
             w.terminate()
             w.wait(30)
-    ms = sorted((at - created[cid]).total_seconds() * 1000 for cid, at in applied if cid in created)
-    if len(ms) < total:
-        raise PipelineError(f"only {len(ms)} of {total} events reached {replica} within 120 s")
+    if len(applied) < len(committed):
+        raise PipelineError(
+            f"only {len(applied)} of {len(committed)} events reached {replica} in 120 s"
+        )
+    ms = sorted((applied[k] - t) * 1000 for k, t in committed.items())
     return ReplicationDelay(
         min(rate, achieved),
         seconds,

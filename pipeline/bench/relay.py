@@ -5,9 +5,9 @@ shards' seqs advanced as :func:`producer.outbox.publish` would), then a relay ru
 backlog is zero. In the same run, a bare librdkafka producer with the relay's settings sends
 the same bytes to the same topics: the limit the relay can approach.
 
-Latency: a writer publishes events at ``rate`` per second, one transaction each, while a relay
+Latency: writers publish events at ``rate`` per second, one transaction each, while a relay
 worker (a separate process, as in production) publishes them; the figure is each row's
-``published_at - created_at`` (outbox insert to acknowledged and marked).
+``published_at`` (right after Kafka's acknowledgement) minus the time its commit returned.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from confluent_kafka import Producer
 
 from pipeline.admin import TopicSpec, ensure_topics, high_watermark
 from pipeline.bench.codec import sample_operation_completed
+from pipeline.bench.load import publish_at_rate
 from pipeline.codec import encode
 from pipeline.db import connect
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
 from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
-from producer.outbox import publish
 from producer.relay import Relay, RelayConfig
 
 __all__ = ["RelayLatency", "RelayThroughput", "bench_relay_latency", "bench_relay_throughput"]
@@ -184,15 +184,14 @@ def bench_relay_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
 
 
 def bench_relay_latency(
-    topology: Topology, dc: str, *, rate: float = 1000.0, seconds: float = 15.0, writers: int = 4
+    topology: Topology, dc: str, *, rate: float = 1000.0, seconds: float = 15.0
 ) -> RelayLatency:
-    """Publish at ``rate`` events/s for ``seconds`` with a relay worker process running.
+    """Commit-to-acknowledged latency at ``rate`` events/s, with a relay worker process.
 
-    ``writers`` threads share the rate, each with its own connection, as concurrent Coopr
-    servers would: one writer alone cannot commit 1000 transactions a second here.
+    Per event: the row's ``published_at`` (set right after Kafka's acknowledgement) minus
+    the time its writer's commit returned.
     """
     site = topology.dc(dc)
-    shards = _owned_shards(topology, dc)
     relay = subprocess.Popen(
         [
             sys.executable,
@@ -211,46 +210,19 @@ def bench_relay_latency(
         ],
         stdout=subprocess.DEVNULL,
     )
-    total = int(rate * seconds)
-
-    def write(index: int) -> None:
-        conn = connect(site.database)
-        template = sample_operation_completed(node_count=2)
-        try:
-            for i in range(index, total, writers):
-                with conn:
-                    publish(conn, dataclasses.replace(template, shard=shards[i % len(shards)]))
-                pause = start + (i + 1) / rate - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-        finally:
-            conn.close()
-
-    conn = connect(site.database)
     try:
+        # Warm-up: a few events through the relay, so its start is not measured.
+        publish_at_rate(site.database, _owned_shards(topology, dc), rate=10, seconds=0.5)
         _wait_empty(site.database, 60)
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT coalesce(max(id), 0) FROM outbox")
-            first_id = (cur.fetchone() or (0,))[0]
-        start = time.monotonic()
-        threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(seconds * 10 + 60)
-        achieved = total / (time.monotonic() - start)
+        committed, achieved = publish_at_rate(
+            site.database, _owned_shards(topology, dc), rate=rate, seconds=seconds
+        )
         _wait_empty(site.database, 60)
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "SELECT extract(epoch FROM published_at - created_at) * 1000 FROM outbox"
-                " WHERE id > %s ORDER BY 1",
-                (first_id,),
-            )
-            ms = [float(r[0]) for r in cur.fetchall()]
+        published = dict(_published_at(site.database, list(committed)))
     finally:
-        conn.close()
         relay.terminate()
         relay.wait(30)
+    ms = sorted((published[k] - t) * 1000 for k, t in committed.items())
     return RelayLatency(
         rate=min(rate, achieved),
         events=len(ms),
@@ -258,3 +230,17 @@ def bench_relay_latency(
         p99_ms=ms[min(len(ms) - 1, int(len(ms) * 0.99))],
         max_ms=ms[-1],
     )
+
+
+def _published_at(dsn: str, keys: list[str]) -> list[tuple[str, float]]:
+    conn = connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT event_key, extract(epoch FROM published_at) FROM outbox"
+                " WHERE event_key = ANY(%s)",
+                (keys,),
+            )
+            return [(k, float(t)) for k, t in cur.fetchall()]
+    finally:
+        conn.close()

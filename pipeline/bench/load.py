@@ -1,0 +1,77 @@
+"""Load for the benchmarks: writers publishing events at a fixed rate, as Coopr servers would.
+
+Each writer thread has its own connection and commits ``per_transaction`` events at a time;
+after each commit it notes the commit time (s since the epoch) under each event's cluster ID,
+which is unique per event, so a benchmark can follow every event downstream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+from pipeline.bench.codec import sample_operation_completed
+from pipeline.db import connect
+from producer.outbox import publish
+
+__all__ = ["publish_at_rate"]
+
+
+def publish_at_rate(
+    dsn: str,
+    shards: list[int],
+    *,
+    rate: float,
+    seconds: float,
+    writers: int = 8,
+    per_transaction: int = 1,
+    start_in_s: float = 0.0,
+) -> tuple[dict[str, float], float]:
+    """Publish ``rate * seconds`` events; returns (commit time by cluster ID, achieved rate).
+
+    Cluster IDs start with a run-unique prefix, returned as the common prefix of the keys.
+    """
+    run = uuid.uuid4().hex[:6]
+    total = int(rate * seconds)
+    template = sample_operation_completed(node_count=2)
+    committed: dict[str, float] = {}
+    lock = threading.Lock()
+    start = time.monotonic() + start_in_s
+
+    def write(index: int) -> None:
+        conn = connect(dsn)
+        try:
+            for first in range(index * per_transaction, total, writers * per_transaction):
+                pause = start + first / rate - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                keys = []
+                with conn:
+                    for i in range(first, min(first + per_transaction, total)):
+                        cluster_id = f"r{run}{i:08d}"
+                        keys.append(cluster_id)
+                        publish(
+                            conn,
+                            dataclasses.replace(
+                                template,
+                                shard=shards[i % len(shards)],
+                                cluster=dataclasses.replace(template.cluster, id=cluster_id),
+                                job=dataclasses.replace(template.job, cluster_id=cluster_id),
+                                occurred_at=datetime.now(UTC),
+                            ),
+                        )
+                now = time.time()
+                with lock:
+                    committed.update((k, now) for k in keys)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=write, args=(w,), daemon=True) for w in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(start_in_s + seconds * 10 + 60)
+    return committed, total / max(1e-9, time.monotonic() - start)
