@@ -1,7 +1,7 @@
 """Topic names: the local topics of a DC and their MirrorMaker 2 copies.
 
 Local names are ``coopr.shard.NN`` (NN zero-padded to two digits, three past 99 shards),
-``coopr.heartbeat``, ``coopr.ownership`` and ``coopr.dlq``. MirrorMaker 2 with
+``coopr.heartbeat``, ``coopr.ownership``, ``coopr.probe`` and ``coopr.dlq``. MirrorMaker 2 with
 ``DefaultReplicationPolicy`` names the copy of topic T from DC ``X`` as ``X.T``. Dead letters
 stay in their own DC and are never mirrored.
 """
@@ -18,6 +18,7 @@ __all__ = [
     "HEARTBEAT_TOPIC",
     "MIRRORED_TOPICS",
     "OWNERSHIP_TOPIC",
+    "PROBE_TOPIC",
     "SHARD_PREFIX",
     "MirroredShard",
     "mirrored",
@@ -30,8 +31,11 @@ SHARD_PREFIX = "coopr.shard."
 HEARTBEAT_TOPIC = "coopr.heartbeat"
 OWNERSHIP_TOPIC = "coopr.ownership"
 DLQ_TOPIC = "coopr.dlq"
+#: Latency probes (``bench mirror``): mirrored like the heartbeat, read by nothing else, so
+#: that a measurement never puts records in front of a worker.
+PROBE_TOPIC = "coopr.probe"
 #: Topics that flow between every pair of DCs, whatever the shard layout.
-MIRRORED_TOPICS = (HEARTBEAT_TOPIC, OWNERSHIP_TOPIC)
+MIRRORED_TOPICS = (HEARTBEAT_TOPIC, OWNERSHIP_TOPIC, PROBE_TOPIC)
 
 _DC_NAME = r"[a-z][a-z0-9-]*"
 _SHARD_RE = re.compile(r"coopr\.shard\.(\d{2,3})")

@@ -1,8 +1,8 @@
 """Mirror latency through MirrorMaker 2, against a direct read from the source cluster.
 
-Records go to a shard topic in its owner DC at a fixed rate. One consumer reads them back
-from the same topic (the baseline: produce, broker, fetch) and one from the mirrored copy in
-the replica DC. A record's latency is the time it is read minus its CreateTime, which the
+Records go to ``coopr.probe`` (mirrored like the heartbeat; no worker reads it) in one DC at
+a fixed rate. One consumer reads them back from the same topic (the baseline: produce,
+broker, fetch) and one from the mirrored copy in the other DC. A record's latency is the time it is read minus its CreateTime, which the
 producer sets and MirrorMaker 2 preserves; both clocks are this machine's.
 """
 
@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from pipeline.errors import UnreachableError
 from pipeline.kafka_config import KafkaSettings
-from pipeline.topics import mirrored, shard_topic
+from pipeline.topics import PROBE_TOPIC, mirrored
 from pipeline.topology import Topology
 
 __all__ = ["MirrorLatency", "bench_mirror"]
@@ -79,7 +79,8 @@ def bench_mirror(
     *,
     count: int = 1000,
     rate: float = 100.0,
-    shard: int = 0,
+    source: str | None = None,
+    target: str | None = None,
     drain_s: float = 30.0,
 ) -> list[MirrorLatency]:
     """Send ``count`` records at ``rate`` per second; latency direct and through MirrorMaker 2.
@@ -88,13 +89,13 @@ def bench_mirror(
     producer's connection and id set-up are not counted. Waits at most ``drain_s`` seconds
     after the last send for stragglers.
     """
-    owner = topology.dc(topology.initial_owner(shard))
-    replica = topology.dc(topology.replica_list(shard)[0])
-    source = KafkaSettings(owner.kafka, client_id="coopr-bench")
-    topic = shard_topic(shard)
+    owner = topology.dc(source or topology.dcs[0].name)
+    replica = topology.dc(target or next(dc.name for dc in topology.dcs if dc.name != owner.name))
+    sending = KafkaSettings(owner.kafka, client_id="coopr-bench")
+    topic = PROBE_TOPIC
     run_id = uuid.uuid4().hex.encode()
     readers = {
-        f"direct ({owner.name})": _Reader(source, topic, run_id, count),
+        f"direct ({owner.name})": _Reader(sending, topic, run_id, count),
         f"mirrored ({owner.name}->{replica.name})": _Reader(
             KafkaSettings(replica.kafka, client_id="coopr-bench"),
             mirrored(owner.name, topic),
@@ -104,7 +105,7 @@ def bench_mirror(
     }
     for reader in readers.values():
         reader.start()
-    producer = Producer(source.producer(**{"linger.ms": 0}))
+    producer = Producer(sending.producer(**{"linger.ms": 0}))
     warm_until = time.monotonic() + 60.0
     while not all(r.warm.is_set() for r in readers.values()):
         if time.monotonic() > warm_until:

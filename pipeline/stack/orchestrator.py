@@ -36,7 +36,14 @@ from pipeline.stack.processes import (
     stop,
 )
 from pipeline.stack.runtime import java, kafka_classpath, pg_bindir
-from pipeline.topics import DLQ_TOPIC, HEARTBEAT_TOPIC, OWNERSHIP_TOPIC, mirrored, shard_topic
+from pipeline.topics import (
+    DLQ_TOPIC,
+    HEARTBEAT_TOPIC,
+    OWNERSHIP_TOPIC,
+    PROBE_TOPIC,
+    mirrored,
+    shard_topic,
+)
 from pipeline.topology import DataCenter, Topology, load_topology
 
 __all__ = ["ProcessStatus", "dc_topics", "down", "status", "up"]
@@ -66,9 +73,11 @@ class ProcessStatus:
 
 
 def dc_topics(topology: Topology, dc: DataCenter) -> list[TopicSpec]:
-    """The local topics of ``dc``: its DC set's shard topics, heartbeat, ownership and DLQ."""
+    """The local topics of ``dc``: its DC set's shard topics, heartbeat, ownership, probe, DLQ."""
     specs = [TopicSpec(shard_topic(s)) for s in topology.shards_of(dc.name)]
-    specs.append(TopicSpec(HEARTBEAT_TOPIC, config={"retention.ms": str(3_600_000)}))
+    hour = {"retention.ms": str(3_600_000)}
+    specs.append(TopicSpec(HEARTBEAT_TOPIC, config=hour))
+    specs.append(TopicSpec(PROBE_TOPIC, config=hour))
     specs.append(TopicSpec(OWNERSHIP_TOPIC, config={"cleanup.policy": "compact"}))
     specs.append(TopicSpec(DLQ_TOPIC))
     return specs
