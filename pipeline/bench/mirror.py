@@ -2,8 +2,9 @@
 
 Records go to ``coopr.probe`` (mirrored like the heartbeat; no worker reads it) in one DC at
 a fixed rate. One consumer reads them back from the same topic (the baseline: produce,
-broker, fetch) and one from the mirrored copy in the other DC. A record's latency is the time it is read minus its CreateTime, which the
-producer sets and MirrorMaker 2 preserves; both clocks are this machine's.
+broker, fetch) and one from the mirrored copy in the other DC. A record's latency is the time
+it is read minus its CreateTime, which the producer sets and MirrorMaker 2 preserves; both
+clocks are this machine's.
 """
 
 from __future__ import annotations
