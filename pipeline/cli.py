@@ -485,29 +485,51 @@ def bench_codec_cmd(seconds: float) -> None:
     click.echo(_table(["FIGURE", "VALUE"], [[k, f"{v:,.2f}"] for k, v in figures.items()]))
 
 
-@bench.command("relay")
-@click.option("--dc", default="dc1", show_default=True)
-@click.option(
+_count_option = click.option(
     "--count",
     type=click.IntRange(100, 10_000_000),
     default=50_000,
     show_default=True,
     help="Events for the throughput run.",
 )
-@click.option(
-    "--rate",
-    type=click.FloatRange(1, 100_000),
-    default=1000.0,
-    show_default=True,
-    help="Events per second for the latency run.",
-)
-@click.option(
-    "--seconds",
-    type=click.FloatRange(1, 3600),
-    default=15.0,
-    show_default=True,
-    help="Length of the latency run.",
-)
+
+
+def _rate_option(default: float) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--rate",
+        type=click.FloatRange(1, 100_000),
+        default=default,
+        show_default=True,
+        help="Events per second for the timed run.",
+    )
+
+
+def _seconds_option(default: float) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "--seconds",
+        type=click.FloatRange(1, 3600),
+        default=default,
+        show_default=True,
+        help="Length of the timed run.",
+    )
+
+
+def _throughput_table(measured: str, per_s: float, baseline: str, baseline_per_s: float) -> str:
+    return _table(
+        ["PATH", "EVENTS/S"],
+        [
+            [measured, f"{per_s:,.0f}"],
+            [baseline, f"{baseline_per_s:,.0f}"],
+            ["ratio", f"{per_s / baseline_per_s:.2f}"],
+        ],
+    )
+
+
+@bench.command("relay")
+@click.option("--dc", default="dc1", show_default=True)
+@_count_option
+@_rate_option(1000.0)
+@_seconds_option(15.0)
 @run_dir_option
 def bench_relay_cmd(dc: str, count: int, rate: float, seconds: float, run_dir: Path) -> None:
     """Relay throughput against bare librdkafka, and commit-to-ack latency at a fixed rate."""
@@ -516,20 +538,11 @@ def bench_relay_cmd(dc: str, count: int, rate: float, seconds: float, run_dir: P
     topology = _running_topology(run_dir)
     t = bench_relay_throughput(topology, dc, count=count)
     click.echo(f"relay throughput, {t.events} events of {t.event_bytes} B, outbox to acknowledged:")
-    click.echo(
-        _table(
-            ["PATH", "EVENTS/S"],
-            [
-                ["relay", f"{t.relay_per_s:,.0f}"],
-                ["bare librdkafka", f"{t.raw_per_s:,.0f}"],
-                ["ratio", f"{t.ratio:.2f}"],
-            ],
-        )
-    )
+    click.echo(_throughput_table("relay", t.relay_per_s, "bare librdkafka", t.raw_per_s))
     lat = bench_relay_latency(topology, dc, rate=rate, seconds=seconds)
     click.echo(
         f"relay latency at {lat.rate:,.0f} events/s ({lat.events} events), "
-        f"outbox insert to acknowledged: p50 {lat.p50_ms:.1f} ms, "
+        f"outbox commit to acknowledged: p50 {lat.p50_ms:.1f} ms, "
         f"p99 {lat.p99_ms:.1f} ms, max {lat.max_ms:.1f} ms"
     )
 
@@ -537,27 +550,9 @@ def bench_relay_cmd(dc: str, count: int, rate: float, seconds: float, run_dir: P
 @bench.command("applier")
 @click.option("--owner", default="dc1", show_default=True, help="DC whose events are replicated.")
 @click.option("--replica", default="dc2", show_default=True, help="DC whose applier is measured.")
-@click.option(
-    "--count",
-    type=click.IntRange(100, 10_000_000),
-    default=50_000,
-    show_default=True,
-    help="Events for the throughput run.",
-)
-@click.option(
-    "--rate",
-    type=click.FloatRange(1, 100_000),
-    default=2000.0,
-    show_default=True,
-    help="Events per second for the delay run.",
-)
-@click.option(
-    "--seconds",
-    type=click.FloatRange(1, 3600),
-    default=60.0,
-    show_default=True,
-    help="Length of the delay run.",
-)
+@_count_option
+@_rate_option(2000.0)
+@_seconds_option(60.0)
 @run_dir_option
 def bench_applier_cmd(
     owner: str, replica: str, count: int, rate: float, seconds: float, run_dir: Path
@@ -568,16 +563,7 @@ def bench_applier_cmd(
     topology = _running_topology(run_dir)
     t = bench_apply_throughput(topology, replica, count=count)
     click.echo(f"apply throughput, {t.events} events into {replica}'s Postgres:")
-    click.echo(
-        _table(
-            ["PATH", "EVENTS/S"],
-            [
-                ["applier", f"{t.applier_per_s:,.0f}"],
-                ["bare COPY", f"{t.copy_per_s:,.0f}"],
-                ["ratio", f"{t.ratio:.2f}"],
-            ],
-        )
-    )
+    click.echo(_throughput_table("applier", t.applier_per_s, "bare COPY", t.copy_per_s))
     d = bench_replication_delay(topology, owner, replica, rate=rate, seconds=seconds)
     click.echo(
         f"replication delay {owner}->{replica} at {d.rate:,.0f} events/s for {d.seconds:g} s "

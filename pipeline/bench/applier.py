@@ -54,10 +54,6 @@ class ApplyThroughput:
     applier_per_s: float
     copy_per_s: float
 
-    @property
-    def ratio(self) -> float:
-        return self.applier_per_s / self.copy_per_s
-
 
 @dataclass(frozen=True, slots=True)
 class ReplicationDelay:

@@ -46,10 +46,6 @@ class RelayThroughput:
     relay_per_s: float
     raw_per_s: float
 
-    @property
-    def ratio(self) -> float:
-        return self.relay_per_s / self.raw_per_s
-
 
 @dataclass(frozen=True, slots=True)
 class RelayLatency:
