@@ -43,6 +43,9 @@ CREATE TABLE outbox (
     published_at  timestamptz,
     UNIQUE (shard, epoch, seq)
 );
+-- Every row is updated once (published_at) and deleted later: vacuum it early, or the relay's
+-- index of unpublished rows fills with dead entries it has to step over on every fetch.
+ALTER TABLE outbox SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_insert_scale_factor = 0.01);
 -- Only unpublished rows are looked up by the relay. No index on published_at: each would be
 -- one more index write per published row; pruning walks the oldest ids instead.
 CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
