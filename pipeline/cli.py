@@ -228,6 +228,15 @@ def worker() -> None:
     cleanly on SIGTERM (the batch in flight finishes)."""
 
 
+metrics_port_option = click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port of /metrics and /healthz (0: any free port, logged at start).",
+)
+
+
 @worker.command("relay")
 @click.option("--dc", required=True, help="The DC whose outbox to publish.")
 @topology_option
@@ -246,13 +255,7 @@ def worker() -> None:
     show_default=True,
     help="Seconds published rows stay in the outbox before they are pruned.",
 )
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(0, 65535),
-    default=0,
-    show_default=True,
-    help="Port of /metrics and /healthz (0: any free port, logged at start).",
-)
+@metrics_port_option
 def worker_relay(
     dc: str,
     topology_file: Path,
@@ -297,13 +300,7 @@ def _serve_while(run: Callable[[], None], health: HealthFn, port: int, dc: str) 
 @click.option("--dc", required=True, help="The DC whose replica tables to keep up to date.")
 @topology_option
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True)
-@click.option(
-    "--metrics-port",
-    type=click.IntRange(0, 65535),
-    default=0,
-    show_default=True,
-    help="Port of /metrics and /healthz (0: any free port, logged at start).",
-)
+@metrics_port_option
 def worker_applier(dc: str, topology_file: Path, batch_size: int, metrics_port: int) -> None:
     """Apply the mirrored shard topics this DC replicates to its Postgres."""
     from consumer.applier import Applier, ApplierConfig, replicated_topics

@@ -9,8 +9,10 @@ A released migration is never edited: a change is a new file.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -19,7 +21,7 @@ from pipeline.errors import ConfigError, UnreachableError
 from pipeline.ownership import seed_ownership
 from pipeline.topology import Topology
 
-__all__ = ["Migration", "connect", "migrate", "migrations", "prepare"]
+__all__ = ["Migration", "connect", "fetch_all", "migrate", "migrations", "prepare"]
 
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
@@ -55,6 +57,17 @@ def connect(dsn: str, *, connect_timeout_s: int = 5) -> psycopg2.extensions.conn
         host = psycopg2.extensions.parse_dsn(dsn).get("host", "?")
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UnreachableError(f"database at {host} is unreachable: {first}") from None
+
+
+def fetch_all(dsn: str, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement in its own connection and transaction; its rows ([] for none)."""
+    conn = connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
 
 
 def migrate(dsn: str, dc: str) -> list[Migration]:

@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 from consumer.applier import Applier, ApplierConfig
 from pipeline.admin import TopicSpec, ensure_topics, high_watermark
 from pipeline.codec import encode
-from pipeline.db import connect
+from pipeline.db import connect, fetch_all
 from pipeline.events import RestartCheckpoint
 from pipeline.topics import DLQ_TOPIC, mirrored, shard_topic
 from tests.conftest import RunningStack
@@ -101,13 +101,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
 
 
 def query(stack: RunningStack, sql: str, *args: object) -> list[tuple]:
-    conn = connect(stack.dc(REPLICA).database)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall()
-    finally:
-        conn.close()
+    return fetch_all(stack.dc(REPLICA).database, sql, args)
 
 
 def test_bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied(

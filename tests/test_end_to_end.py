@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.db import connect
+from pipeline.db import fetch_all
 from pipeline.stack import up
 from pipeline.stack.processes import StackState, stop
 from tests.conftest import RunningStack
@@ -19,13 +19,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 
 def rows(dsn: str, sql: str, *args: object) -> list[tuple]:
-    conn = connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall()
-    finally:
-        conn.close()
+    return fetch_all(dsn, sql, args)
 
 
 def lagging(stack: RunningStack) -> list[str]:

@@ -15,7 +15,7 @@ import psycopg2.extensions
 import pytest
 
 from pipeline.codec import decode, encode
-from pipeline.db import connect, prepare
+from pipeline.db import connect, fetch_all, prepare
 from pipeline.errors import ConfigError
 from pipeline.events import (
     ClusterAction,
@@ -242,13 +242,7 @@ def topology(stack: RunningStack) -> Topology:
 
 
 def _query(topology: Topology, dc: str, sql: str, args: tuple[object, ...] = ()) -> list[Any]:
-    conn = connect(topology.dc(dc).database)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall()
-    finally:
-        conn.close()
+    return fetch_all(topology.dc(dc).database, sql, args)
 
 
 def _marks(topology: Topology) -> _Marks:

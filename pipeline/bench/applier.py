@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from confluent_kafka import Producer
 
@@ -30,7 +29,7 @@ from pipeline.admin import TopicSpec, ensure_topics
 from pipeline.bench.codec import sample_operation_completed
 from pipeline.bench.load import publish_at_rate
 from pipeline.codec import decode_record, encode
-from pipeline.db import connect
+from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
 from pipeline.topics import mirrored, shard_topic
@@ -85,16 +84,6 @@ def _events(source_dc: str, count: int) -> list[bytes]:
     return out
 
 
-def _execute(dsn: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    conn = connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
-
-
 def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) -> ApplyThroughput:
     """Apply throughput of DC ``dc``'s applier, and a bare COPY of the same rows."""
     site = topology.dc(dc)
@@ -113,7 +102,7 @@ def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
                 producer.poll(0.05)
     if producer.flush(120) != 0:
         raise PipelineError("the benchmark's events were not all acknowledged")
-    _execute(site.database, "DELETE FROM replication_state WHERE shard = %s", _BENCH_SHARD)
+    fetch_all(site.database, "DELETE FROM replication_state WHERE shard = %s", (_BENCH_SHARD,))
 
     stop = threading.Event()
     config = ApplierConfig(
@@ -225,11 +214,11 @@ def bench_replication_delay(
             time.sleep(0.5)
             applied = {
                 k: float(t)
-                for k, t in _execute(
+                for k, t in fetch_all(
                     topology.dc(replica).database,
                     "SELECT cluster_id, extract(epoch FROM applied_at) FROM replica_clusters"
                     " WHERE cluster_id = ANY(%s)",
-                    list(committed),
+                    (list(committed),),
                 )
             }
         return applied
