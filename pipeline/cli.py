@@ -390,7 +390,7 @@ def demo(duration: float, rate: float, run_dir: Path) -> None:
     click.echo(f"pipeline demo, {duration:g} s, simulators at {rate:g} events/s per DC:")
     click.echo(
         _table(
-            ["DC", "EVENTS PUBLISHED", "ROWS APPLIED AS REPLICA", "DELAY P50 MS", "DELAY P99 MS"],
+            ["DC", "EVENTS PUBLISHED", "REPLICA ROWS CHANGED", "DELAY P50 MS", "DELAY P99 MS"],
             [[r.dc, r.published, r.applied, f"{r.p50_ms:.0f}", f"{r.p99_ms:.0f}"] for r in rows],
         )
     )
