@@ -1,3 +1,7 @@
-"""The owner-DC side of coopr-pipeline: the transactional outbox and the relay worker."""
+"""The owner-DC side of coopr-pipeline: the transactional outbox, routing and the relay."""
 
-__all__: list[str] = []
+from producer.outbox import Published, publish
+from producer.relay import Relay, RelayConfig
+from producer.router import Route, ShardRouter
+
+__all__ = ["Published", "Relay", "RelayConfig", "Route", "ShardRouter", "publish"]
