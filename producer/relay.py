@@ -8,7 +8,8 @@ Commit order, per batch (the guarantee: nothing is lost, a row may be published 
 
 1. read up to ``batch_size`` unpublished rows in id order (seq order within each shard);
 2. produce them to ``coopr.shard.NN`` with an idempotent producer (``acks=all``);
-3. wait for every delivery report (at most the delivery timeout);
+3. wait for every delivery report (records never time out: while Kafka is away the relay
+   waits, and reports it in its health);
 4. mark published, in one statement, for each shard the rows up to its first failed
    delivery. A crash between 3 and 4 re-publishes those rows: consumers absorb duplicates
    by ``(epoch, seq)``. A failed row and those after it in its shard are sent again, in
@@ -26,6 +27,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -77,15 +79,22 @@ class RelayConfig:
     standby_poll_s: float = 1.0
     retention_s: float = 24 * 3600.0
     prune_interval_s: float = 60.0
-    delivery_timeout_ms: int = 30_000
+    stop_grace_s: float = 30.0
     max_backoff_s: float = 5.0
 
     def producer_settings(self) -> dict[str, Any]:
-        """librdkafka settings: idempotent, ``acks=all``, bounded delivery time."""
+        """librdkafka settings: idempotent, ``acks=all``, never giving a record up.
+
+        A record that timed out while a later one of its shard got through would reach Kafka
+        after it, out of seq order. So records never time out (the relay waits while Kafka is
+        away), and any other failure that could leave a gap is fatal to the producer, which
+        the relay then replaces before sending the rows again, in order.
+        """
         return self.kafka.producer(
             **{
                 "linger.ms": 1,
-                "message.timeout.ms": self.delivery_timeout_ms,
+                "message.timeout.ms": 0,
+                "enable.gapless.guarantee": True,
                 "queue.buffering.max.messages": max(100_000, 2 * self.batch_size),
             }
         )
@@ -147,7 +156,7 @@ class Relay:
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, self.config.max_backoff_s)
         self._drop_connection()
-        self._producer.flush(self.config.delivery_timeout_ms / 1000.0)
+        self._producer.flush(self.config.stop_grace_s)
         log.info("relay stopped", dc=self.config.dc, instance=self.instance)
 
     def _ensure_active(self) -> bool:
@@ -220,9 +229,7 @@ class Relay:
                 except BufferError:
                     # The local queue is full: serve delivery reports to make room.
                     self._producer.poll(0.05)
-        deadline = time.monotonic() + self.config.delivery_timeout_ms / 1000.0 + 5.0
-        while len(delivered) + len(failed) < len(rows) and time.monotonic() < deadline:
-            self._producer.poll(0.05)
+        self._await_reports(lambda: len(delivered) + len(failed) < len(rows))
 
         # Per shard, only the prefix before the first row not acknowledged: a later row must
         # not be marked while an earlier one of the same shard still has to be sent again.
@@ -252,6 +259,24 @@ class Relay:
                 f"{len(rows) - len(done)} of {len(rows)} rows not yet acknowledged: {reason}"
             )
         return len(done)
+
+    def _await_reports(self, outstanding: Callable[[], bool]) -> None:
+        """Serve delivery reports while ``outstanding()``: as long as it takes while running
+        (Kafka may be away for a while), at most ``stop_grace_s`` once stop is set."""
+        waited_since = time.monotonic()
+        warned = False
+        grace_until: float | None = None
+        while outstanding():
+            self._producer.poll(0.05)
+            now = time.monotonic()
+            if self.stop.is_set():
+                grace_until = grace_until or now + self.config.stop_grace_s
+                if now > grace_until:
+                    return  # the rows stay unpublished: the next relay sends them again
+            if not warned and now - waited_since > 10.0:
+                warned = True
+                self.last_error = "waiting over 10 s for Kafka to acknowledge the batch"
+                log.warning("kafka is not acknowledging, waiting", dc=self.config.dc)
 
     def _wait_for_rows(self) -> None:
         """Sleep until a NOTIFY arrives, the poll interval passes, or stop is set."""
