@@ -62,6 +62,7 @@ APPLIED = Counter("coopr_applier_events_applied_total", "Events applied to the r
 DUPLICATES = Counter("coopr_applier_duplicates_total", "Events already applied (replays).", ["dc"])
 FENCED = Counter("coopr_applier_fenced_total", "Events from an older epoch, not applied.", ["dc"])
 GAPS = Counter("coopr_applier_gaps_total", "Seq jumps within an epoch (lost events).", ["dc"])
+LATE = Counter("coopr_applier_late_total", "Events that arrived into a recorded gap.", ["dc"])
 DEAD = Counter("coopr_applier_dead_letters_total", "Records sent to the dead-letter topic.", ["dc"])
 BATCH_SIZE = Histogram(
     "coopr_applier_batch_size",
@@ -278,6 +279,9 @@ class Applier:
         DUPLICATES.labels(**self._labels).inc(result.duplicates)
         FENCED.labels(**self._labels).inc(len(result.fenced))
         GAPS.labels(**self._labels).inc(len(result.gaps))
+        LATE.labels(**self._labels).inc(result.late)
+        if result.late:
+            log.info("late events filled recorded gaps", dc=self.config.dc, events=result.late)
         DEAD.labels(**self._labels).inc(len(batch.dead))
         BATCH_SIZE.labels(**self._labels).observe(len(batch.events) + len(batch.dead))
         delay = DELAY.labels(**self._labels)

@@ -5,9 +5,13 @@ Pure logic over the shard's replication state, so it is unit-tested without a da
 by one per event. For each event, in the order it was read:
 
 - epoch older than the shard's current epoch: **fenced** (counted, never applied);
-- same epoch, seq not above the last applied: **duplicate** (a replay; already applied);
-- same epoch, seq above last + 1: a **gap** is recorded, then the event is applied;
-- newer epoch (or a shard seen for the first time): a gap if seq is not 1, then applied.
+- same epoch, seq inside a gap still open in that epoch: a **late** event, applied (the
+  upsert's ``(epoch, seq)`` guard keeps any newer row) and the gap narrowed;
+- same epoch, any other seq not above the last applied: **duplicate** (already applied);
+- same epoch, seq above last + 1: a **gap** is recorded and kept open, then the event is
+  applied;
+- newer epoch (or a shard seen for the first time): a gap if seq is not 1, then applied;
+  gaps of the older epoch can no longer be filled (its events are fenced now).
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class ShardState:
-    """The last position applied in a shard."""
+    """The last position applied in a shard, and the seq ranges of its epoch still missing:
+    ``(after, before)``, both exclusive."""
 
     source_dc: str
     epoch: int
     last_seq: int
+    open_gaps: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +59,20 @@ class SequenceCheck:
     """The outcome for a batch: indexes of events to apply, and what was wrong."""
 
     apply: list[int] = field(default_factory=list)
+    late: list[int] = field(default_factory=list)
     fenced: list[int] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
     states: dict[int, ShardState] = field(default_factory=dict)
+
+
+def _narrow(gaps: tuple[tuple[int, int], ...], seq: int) -> tuple[tuple[int, int], ...] | None:
+    """``gaps`` without ``seq``, or ``None`` when no open gap holds it."""
+    for i, (after, before) in enumerate(gaps):
+        if after < seq < before:
+            parts = tuple(p for p in ((after, seq), (seq, before)) if p[1] - p[0] > 1)
+            return gaps[:i] + parts + gaps[i + 1 :]
+    return None
 
 
 def check_sequence(states: Mapping[int, ShardState], events: Iterable[Position]) -> SequenceCheck:
@@ -70,13 +86,22 @@ def check_sequence(states: Mapping[int, ShardState], events: Iterable[Position])
             continue
         if state is not None and ev.epoch == state.epoch:
             if ev.seq <= state.last_seq:
-                result.duplicates.append(i)
+                narrowed = _narrow(state.open_gaps, ev.seq)
+                if narrowed is None:
+                    result.duplicates.append(i)
+                else:
+                    result.late.append(i)
+                    result.apply.append(i)
+                    result.states[ev.shard] = ShardState(
+                        state.source_dc, state.epoch, state.last_seq, narrowed
+                    )
                 continue
-            expected = state.last_seq + 1
+            expected, open_gaps = state.last_seq + 1, state.open_gaps
         else:
-            expected = 1
+            expected, open_gaps = 1, ()
         if ev.seq != expected:
             result.gaps.append(Gap(ev.shard, ev.source_dc, ev.epoch, expected - 1, ev.seq))
+            open_gaps = (*open_gaps, (expected - 1, ev.seq))
         result.apply.append(i)
-        result.states[ev.shard] = ShardState(ev.source_dc, ev.epoch, ev.seq)
+        result.states[ev.shard] = ShardState(ev.source_dc, ev.epoch, ev.seq, open_gaps)
     return result

@@ -107,6 +107,8 @@ class Applied:
     duplicates: int
     fenced: list[Incoming]
     gaps: list[Gap]
+    #: Applied events that arrived after a gap had been recorded for them.
+    late: int
 
 
 def stored_offsets(
@@ -193,11 +195,14 @@ def apply_batch(
         states: dict[int, ShardState] = {}
         if shards:
             cur.execute(
-                "SELECT shard, source_dc, epoch, last_seq FROM replication_state"
+                "SELECT shard, source_dc, epoch, last_seq, open_gaps FROM replication_state"
                 " WHERE shard = ANY(%s) ORDER BY shard FOR UPDATE",
                 (shards,),
             )
-            states = {row[0]: ShardState(*row[1:]) for row in cur.fetchall()}
+            states = {
+                shard: ShardState(dc, epoch, last, tuple((a, b) for a, b in gaps))
+                for shard, dc, epoch, last, gaps in cur.fetchall()
+            }
         check = check_sequence(states, [ev.position for ev in events])
         applied = [events[i] for i in check.apply]
         clusters, checkpoints = rows_of(applied)
@@ -226,18 +231,31 @@ def apply_batch(
         fenced = [events[i] for i in check.fenced]
         touched = {ev.position.shard for ev in applied} | {ev.position.shard for ev in fenced}
         if touched:
-            gaps_of = {s: sum(1 for g in check.gaps if g.shard == s) for s in touched}
-            fenced_of = {s: sum(1 for ev in fenced if ev.position.shard == s) for s in touched}
+            late = [events[i] for i in check.late]
+
+            def count(shard: int, items: Sequence[Incoming]) -> int:
+                return sum(1 for ev in items if ev.position.shard == shard)
+
             execute_values(
                 cur,
                 "INSERT INTO replication_state AS r"
-                " (shard, source_dc, epoch, last_seq, gaps, fenced) VALUES %s"
+                " (shard, source_dc, epoch, last_seq, open_gaps, gaps, late, fenced) VALUES %s"
                 " ON CONFLICT (shard) DO UPDATE SET source_dc = EXCLUDED.source_dc,"
                 " epoch = EXCLUDED.epoch, last_seq = EXCLUDED.last_seq,"
-                " gaps = r.gaps + EXCLUDED.gaps, fenced = r.fenced + EXCLUDED.fenced,"
+                " open_gaps = EXCLUDED.open_gaps, gaps = r.gaps + EXCLUDED.gaps,"
+                " late = r.late + EXCLUDED.late, fenced = r.fenced + EXCLUDED.fenced,"
                 " last_applied_at = now()",
                 [
-                    (s, st.source_dc, st.epoch, st.last_seq, gaps_of[s], fenced_of[s])
+                    (
+                        s,
+                        st.source_dc,
+                        st.epoch,
+                        st.last_seq,
+                        orjson.dumps(st.open_gaps).decode(),
+                        sum(1 for g in check.gaps if g.shard == s),
+                        count(s, late),
+                        count(s, fenced),
+                    )
                     for s in sorted(touched)
                     for st in [check.states[s]]
                 ],
@@ -249,4 +267,4 @@ def apply_batch(
                 " VALUES %s",
                 [(g.shard, g.source_dc, g.epoch, g.after_seq, g.before_seq) for g in check.gaps],
             )
-    return Applied(applied, len(check.duplicates), fenced, check.gaps)
+    return Applied(applied, len(check.duplicates), fenced, check.gaps, len(check.late))

@@ -177,9 +177,13 @@ def test_gap_and_fencing_are_recorded_and_a_replay_changes_nothing(
         ],
     )
     stop = run_applier(source)
-    state_sql = "SELECT epoch, last_seq, gaps, fenced FROM replication_state WHERE shard = 97"
+    state_sql = (
+        "SELECT epoch, last_seq, gaps, fenced, open_gaps FROM replication_state WHERE shard = 97"
+    )
     wait_for(
-        lambda: query(stack, state_sql) == [(2, 2, 1, 1)], 30, "epoch 2, seq 2, one gap, one fenced"
+        lambda: query(stack, state_sql) == [(2, 2, 1, 1, [])],
+        30,
+        "epoch 2, seq 2, one gap, one fenced",
     )
     assert query(
         stack, "SELECT epoch, after_seq, before_seq FROM replication_gaps WHERE shard = 97"

@@ -13,7 +13,7 @@ def test_in_order_events_are_all_applied() -> None:
     result = check_sequence({}, [pos(1), pos(2), pos(3)])
     assert result.apply == [0, 1, 2]
     assert not (result.gaps or result.fenced or result.duplicates)
-    assert result.states[3] == ShardState("dc1", 1, 3)
+    assert result.states[3] == ShardState("dc1", 1, 3, ())
 
 
 def test_replayed_events_are_duplicates() -> None:
@@ -26,6 +26,22 @@ def test_a_missing_seq_is_a_gap_and_the_event_still_applies() -> None:
     result = check_sequence({3: ShardState("dc1", 1, 5)}, [pos(6), pos(9)])
     assert result.apply == [0, 1]
     assert result.gaps == [Gap(3, "dc1", 1, 6, 9)]
+    assert result.states[3].open_gaps == ((6, 9),)
+
+
+def test_a_late_event_fills_its_gap_and_is_applied_once() -> None:
+    state = ShardState("dc1", 1, 9, ((6, 9),))
+    result = check_sequence({3: state}, [pos(8), pos(7), pos(8), pos(10)])
+    assert result.late == [0, 1]
+    assert result.apply == [0, 1, 3]
+    assert result.duplicates == [2]
+    assert result.states[3] == ShardState("dc1", 1, 10, ())
+
+
+def test_a_late_event_in_the_middle_splits_the_gap() -> None:
+    result = check_sequence({3: ShardState("dc1", 1, 20, ((10, 15),))}, [pos(12)])
+    assert result.late == [0]
+    assert result.states[3].open_gaps == ((10, 12), (12, 15))
 
 
 def test_an_older_epoch_is_fenced() -> None:
@@ -42,7 +58,13 @@ def test_a_new_epoch_starts_at_seq_one() -> None:
     )
     assert result.apply == [0, 1]
     assert result.gaps == [Gap(3, "dc1", 3, 0, 3)]
-    assert result.states[3] == ShardState("dc1", 3, 3)
+    assert result.states[3] == ShardState("dc1", 3, 3, ((0, 3),))
+
+
+def test_gaps_of_an_older_epoch_cannot_be_filled() -> None:
+    state = ShardState("dc2", 2, 4, ())
+    result = check_sequence({3: state}, [pos(3, epoch=1)])
+    assert result.fenced == [0] and not result.late
 
 
 def test_shards_are_independent() -> None:

@@ -49,12 +49,16 @@ CREATE TABLE applied_offsets (
 );
 
 -- Per shard: the current epoch, the last seq applied in it, and what was seen wrong.
+-- `open_gaps` lists the [after, before] seq ranges (exclusive) of the current epoch that are
+-- still missing: an event arriving late into one is applied, not taken for a duplicate.
 CREATE TABLE replication_state (
     shard            integer     PRIMARY KEY,
     source_dc        text        NOT NULL,
     epoch            bigint      NOT NULL,
     last_seq         bigint      NOT NULL,
+    open_gaps        jsonb       NOT NULL DEFAULT '[]',
     gaps             bigint      NOT NULL DEFAULT 0,
+    late             bigint      NOT NULL DEFAULT 0,
     fenced           bigint      NOT NULL DEFAULT 0,
     last_applied_at  timestamptz NOT NULL DEFAULT now()
 );
