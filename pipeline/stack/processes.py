@@ -136,9 +136,15 @@ def spawn(
             start_new_session=True,
             user=user,
         )
-    return ProcessRecord(
+    record = ProcessRecord(
         name=name, pid=proc.pid, ports=tuple(ports), log=str(log), program=argv[-1]
     )
+    # Right after the fork the child's cmdline can still be empty (mid-exec); until it shows
+    # the program, is_running would take the new process for a dead one.
+    deadline = time.monotonic() + 5.0
+    while not is_running(record) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return record
 
 
 def stop(
