@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import threading
 import time
 from collections.abc import Iterator
 
-from pipeline.bench.codec import sample_operation_completed
+from pipeline.bench.load import event_for
 from pipeline.db import connect
-from pipeline.events import OperationCompleted
 from pipeline.shards import shard_of
 from producer.outbox import Published, publish
 
@@ -19,13 +17,6 @@ def cluster_ids_of(shard: int, shard_count: int, start: int = 0) -> Iterator[str
     """Endless cluster IDs (``%08d``, from number ``start``) whose shard is ``shard``."""
     ids = (f"{n:08d}" for n in itertools.count(start))
     return (c for c in ids if shard_of(c, shard_count) == shard)
-
-
-def event_for(cluster_id: str, shard: int) -> OperationCompleted:
-    sample = sample_operation_completed(node_count=2)
-    cluster = dataclasses.replace(sample.cluster, id=cluster_id)
-    job = dataclasses.replace(sample.job, cluster_id=cluster_id)
-    return dataclasses.replace(sample, shard=shard, cluster=cluster, job=job)
 
 
 def publish_events(dsn: str, shard: int, shard_count: int, count: int) -> list[Published]:

@@ -15,13 +15,13 @@ from confluent_kafka import Producer
 
 from consumer.applier import Applier, ApplierConfig
 from pipeline.admin import TopicSpec, ensure_topics, high_watermark
+from pipeline.bench.load import event_for
 from pipeline.codec import encode
 from pipeline.db import connect, fetch_all
 from pipeline.events import RestartCheckpoint
 from pipeline.topics import DLQ_TOPIC, mirrored, shard_topic
 from tests.conftest import RunningStack
 from tests.kafka_helpers import read_to_end
-from tests.outbox_helpers import event_for
 
 pytestmark = pytest.mark.stack
 

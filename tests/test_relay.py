@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.admin import high_watermark
+from pipeline.bench.load import event_for
 from pipeline.codec import decode
 from pipeline.db import connect
 from pipeline.errors import NotOwnerError, ShardNotWritableError
@@ -18,7 +19,7 @@ from pipeline.topics import shard_topic
 from producer.outbox import publish
 from tests.conftest import RunningStack
 from tests.kafka_helpers import read_to_end
-from tests.outbox_helpers import EventWriter, cluster_ids_of, event_for, publish_events
+from tests.outbox_helpers import EventWriter, cluster_ids_of, publish_events
 from tests.workers import WorkerProcess
 
 pytestmark = pytest.mark.stack

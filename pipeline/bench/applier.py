@@ -12,7 +12,6 @@ is the replica row's ``applied_at`` minus the time the owner's commit returned.
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 import threading
@@ -26,8 +25,7 @@ from consumer.applier import Applier, ApplierConfig
 from consumer.sequencing import Position
 from consumer.store import Incoming, csv_buffer, rows_of
 from pipeline.admin import TopicSpec, ensure_topics
-from pipeline.bench.codec import sample_operation_completed
-from pipeline.bench.load import publish_at_rate
+from pipeline.bench.load import event_for, publish_at_rate
 from pipeline.codec import decode_record, encode
 from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
@@ -67,21 +65,10 @@ class ReplicationDelay:
 
 
 def _events(source_dc: str, count: int) -> list[bytes]:
-    template = sample_operation_completed(node_count=2)
-    out = []
-    for seq in range(1, count + 1):
-        cluster_id = f"b{seq:08d}"
-        ev = dataclasses.replace(
-            template,
-            shard=_BENCH_SHARD,
-            owner_dc=source_dc,
-            epoch=1,
-            seq=seq,
-            cluster=dataclasses.replace(template.cluster, id=cluster_id),
-            job=dataclasses.replace(template.job, cluster_id=cluster_id, id=f"{cluster_id}-001"),
-        )
-        out.append(encode(ev))
-    return out
+    return [
+        encode(event_for(f"b{seq:08d}", _BENCH_SHARD, owner_dc=source_dc, epoch=1, seq=seq))
+        for seq in range(1, count + 1)
+    ]
 
 
 def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) -> ApplyThroughput:

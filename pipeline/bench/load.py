@@ -12,12 +12,27 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from pipeline.bench.codec import sample_operation_completed
 from pipeline.db import connect
+from pipeline.events import OperationCompleted
 from producer.outbox import publish
 
-__all__ = ["publish_at_rate"]
+__all__ = ["event_for", "publish_at_rate"]
+
+
+def event_for(cluster_id: str, shard: int, **fields: Any) -> OperationCompleted:
+    """A realistic OperationCompleted (2 nodes, ~1.2 KB encoded) of cluster ``cluster_id``,
+    its job ``<cluster_id>-001``, in ``shard``; ``fields`` override envelope fields."""
+    sample = sample_operation_completed(node_count=2)
+    return dataclasses.replace(
+        sample,
+        shard=shard,
+        cluster=dataclasses.replace(sample.cluster, id=cluster_id),
+        job=dataclasses.replace(sample.job, cluster_id=cluster_id, id=f"{cluster_id}-001"),
+        **fields,
+    )
 
 
 def publish_at_rate(
@@ -35,7 +50,6 @@ def publish_at_rate(
     cannot reach shows as a lower achieved rate, not as a longer run."""
     run = uuid.uuid4().hex[:6]
     total = int(rate * seconds)
-    template = sample_operation_completed(node_count=2)
     committed: dict[str, float] = {}
     lock = threading.Lock()
     start = time.monotonic() + start_in_s
@@ -54,16 +68,10 @@ def publish_at_rate(
                     for i in range(first, min(first + per_transaction, total)):
                         cluster_id = f"r{run}{i:08d}"
                         keys.append(cluster_id)
-                        publish(
-                            conn,
-                            dataclasses.replace(
-                                template,
-                                shard=shards[i % len(shards)],
-                                cluster=dataclasses.replace(template.cluster, id=cluster_id),
-                                job=dataclasses.replace(template.job, cluster_id=cluster_id),
-                                occurred_at=datetime.now(UTC),
-                            ),
+                        event = event_for(
+                            cluster_id, shards[i % len(shards)], occurred_at=datetime.now(UTC)
                         )
+                        publish(conn, event)
                 now = time.time()
                 with lock:
                     committed.update((k, now) for k in keys)
