@@ -137,45 +137,57 @@ def csv_buffer(rows: Sequence[Sequence[object]]) -> io.StringIO:
 
 
 def rows_of(events: Sequence[Incoming]) -> tuple[list[list[object]], list[list[object]]]:
-    """Cluster and checkpoint rows of the newest event per cluster and per job."""
-    clusters: dict[str, list[object]] = {}
-    checkpoints: dict[str, list[object]] = {}
-    # Events of a shard come in increasing (epoch, seq), and a cluster or a job lives in one
-    # shard: a later event of the batch is always the newer one.
+    """Cluster and checkpoint rows of the newest event, by ``(epoch, seq)``, per cluster and job.
+
+    Read order is not age order: an event may arrive late into an open gap, after newer ones
+    of its shard in the same batch. So a row is replaced only by an event of a higher
+    ``(epoch, seq)``, as the upsert's guard does across batches.
+    """
+    clusters: dict[str, tuple[tuple[int, int], list[object]]] = {}
+    checkpoints: dict[str, tuple[tuple[int, int], list[object]]] = {}
     for ev in events:
         pos, rec = ev.position, ev.record
+        age = (pos.epoch, pos.seq)
         when = ev.occurred_at.isoformat()
         job = rec["job"]
-        if ev.record_name == "OperationCompleted":
+        completed = ev.record_name == "OperationCompleted"
+        if completed:
             cluster = rec["cluster"]
-            clusters[cluster["id"]] = [
-                cluster["id"],
-                pos.shard,
-                pos.source_dc,
-                pos.epoch,
-                pos.seq,
-                cluster["status"],
-                "t" if rec["cluster_deleted"] else "f",
-                cluster["latest_job_id"],
-                orjson.dumps(json_ready(cluster)).decode(),
-                orjson.dumps(rec["nodes"]).decode(),
-                when,
-            ]
-            payload = ""
-        else:
-            payload = "\\x" + ev.payload.hex()
-        checkpoints[job["id"]] = [
-            job["id"],
-            job["cluster_id"],
-            pos.shard,
-            pos.source_dc,
-            pos.epoch,
-            pos.seq,
-            "t" if ev.record_name == "OperationCompleted" else "f",
-            payload,
-            when,
-        ]
-    return list(clusters.values()), list(checkpoints.values())
+            held = clusters.get(cluster["id"])
+            if held is None or held[0] < age:
+                clusters[cluster["id"]] = (
+                    age,
+                    [
+                        cluster["id"],
+                        pos.shard,
+                        pos.source_dc,
+                        pos.epoch,
+                        pos.seq,
+                        cluster["status"],
+                        "t" if rec["cluster_deleted"] else "f",
+                        cluster["latest_job_id"],
+                        orjson.dumps(json_ready(cluster)).decode(),
+                        orjson.dumps(rec["nodes"]).decode(),
+                        when,
+                    ],
+                )
+        held = checkpoints.get(job["id"])
+        if held is None or held[0] < age:
+            checkpoints[job["id"]] = (
+                age,
+                [
+                    job["id"],
+                    job["cluster_id"],
+                    pos.shard,
+                    pos.source_dc,
+                    pos.epoch,
+                    pos.seq,
+                    "t" if completed else "f",
+                    "" if completed else "\\x" + ev.payload.hex(),
+                    when,
+                ],
+            )
+    return [row for _, row in clusters.values()], [row for _, row in checkpoints.values()]
 
 
 def apply_batch(
