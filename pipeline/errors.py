@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "CorruptBodyError",
     "DependencyMissingError",
+    "EventTooLargeError",
     "IncompatibleSchemaError",
     "InvalidEventError",
     "MissingMarkerError",
@@ -108,6 +109,19 @@ class CorruptBodyError(CodecError):
 
 class InvalidEventError(CodecError):
     """An event or record does not match its schema, so it was not encoded."""
+
+
+class EventTooLargeError(PipelineError):
+    """An event, encoded with its key, is over the size a shard topic takes."""
+
+    def __init__(self, size: int, limit: int):
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"the event is {size:,} bytes encoded with its key, over the {limit:,}-byte limit of"
+            " a shard topic: it was not published (replicate less, e.g. fewer nodes or a"
+            " smaller config, in one event)"
+        )
 
 
 class ShardingError(PipelineError, ValueError):

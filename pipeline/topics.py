@@ -16,9 +16,11 @@ from pipeline.errors import TopicNameError
 __all__ = [
     "DLQ_TOPIC",
     "HEARTBEAT_TOPIC",
+    "MAX_EVENT_BYTES",
     "MIRRORED_TOPICS",
     "OWNERSHIP_TOPIC",
     "PROBE_TOPIC",
+    "SHARD_MAX_MESSAGE_BYTES",
     "SHARD_PREFIX",
     "MirroredShard",
     "mirrored",
@@ -34,6 +36,11 @@ DLQ_TOPIC = "coopr.dlq"
 #: Latency probes (``bench mirror``): mirrored like the heartbeat, read by nothing else, so
 #: that a measurement never puts records in front of a worker.
 PROBE_TOPIC = "coopr.probe"
+#: The largest event, encoded with its key, that :func:`producer.outbox.publish` accepts
+#: (bytes). Shard topics take records up to :data:`SHARD_MAX_MESSAGE_BYTES` (Kafka's default
+#: ``max.message.bytes``), which leaves room for headers and the record batch's own bytes.
+MAX_EVENT_BYTES = 1_000_000
+SHARD_MAX_MESSAGE_BYTES = 1_048_588
 #: Topics that flow between every pair of DCs, whatever the shard layout.
 MIRRORED_TOPICS = (HEARTBEAT_TOPIC, OWNERSHIP_TOPIC, PROBE_TOPIC)
 

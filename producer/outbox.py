@@ -15,8 +15,14 @@ from dataclasses import dataclass
 import psycopg2.extensions
 
 from pipeline.codec import encode
-from pipeline.errors import NotOwnerError, PipelineError, ShardNotWritableError
+from pipeline.errors import (
+    EventTooLargeError,
+    NotOwnerError,
+    PipelineError,
+    ShardNotWritableError,
+)
 from pipeline.events import OperationCompleted, RestartCheckpoint
+from pipeline.topics import MAX_EVENT_BYTES
 
 __all__ = ["OUTBOX_CHANNEL", "Published", "ShardEvent", "event_key", "publish"]
 
@@ -49,40 +55,56 @@ def publish(conn: psycopg2.extensions.connection, event: ShardEvent) -> Publishe
     The event's ``owner_dc``, ``epoch`` and ``seq`` are assigned here (whatever the caller
     put there); ``shard`` must be the cluster's shard. Raises :class:`NotOwnerError` (naming
     the owner DC) when another DC owns the shard, :class:`ShardNotWritableError` when this DC
-    owns it but it is read-only. Nothing is committed here: the caller commits or rolls back.
+    owns it but it is read-only, :class:`InvalidEventError` when the event does not match its
+    schema and :class:`EventTooLargeError` when it is over :data:`MAX_EVENT_BYTES`. The seq
+    is taken only once the event is encoded, so a refused event leaves no hole in the shard's
+    seqs even if the caller commits its other changes. Nothing is committed here: the caller
+    commits or rolls back.
     """
     if conn.autocommit:
         raise PipelineError("publish needs the caller's open transaction (autocommit is on)")
     with conn.cursor() as cur:
+        # The row lock, held until the caller commits, makes writers of one shard queue: seqs
+        # are gapless and commit in seq order. Taken only when this DC may write the shard.
         cur.execute(
-            "UPDATE shard_ownership o SET last_seq = o.last_seq + 1"
-            " FROM local_dc l"
-            " WHERE o.shard = %s AND o.owner_dc = l.name AND o.writable"
-            " RETURNING o.epoch, o.last_seq, l.name",
+            "SELECT o.epoch, o.last_seq, l.name FROM shard_ownership o"
+            " JOIN local_dc l ON o.owner_dc = l.name"
+            " WHERE o.shard = %s AND o.writable FOR UPDATE OF o",
             (event.shard,),
         )
         row = cur.fetchone()
         if row is None:
-            cur.execute(
-                "SELECT o.owner_dc, l.name FROM shard_ownership o, local_dc l WHERE o.shard = %s",
-                (event.shard,),
-            )
-            found = cur.fetchone()
-            if found is None:
-                raise PipelineError(
-                    f"shard {event.shard} is not in this DC's shard_ownership table"
-                )
-            owner, local = found
-            if owner == local:
-                raise ShardNotWritableError(event.shard, owner)
-            raise NotOwnerError(event.shard, owner, local)
-        epoch, seq, local = row
+            raise _refusal(cur, event.shard)
+        epoch, last_seq, local = row
+        seq = last_seq + 1
         stamped = dataclasses.replace(event, owner_dc=local, epoch=epoch, seq=seq)
+        key = event_key(stamped)
+        payload = encode(stamped)
+        size = len(payload) + len(key.encode())
+        if size > MAX_EVENT_BYTES:
+            raise EventTooLargeError(size, MAX_EVENT_BYTES)
+        # One round trip; the NOTIFY is delivered at commit, once per transaction however
+        # many events it adds.
         cur.execute(
+            "UPDATE shard_ownership SET last_seq = %s WHERE shard = %s;"
             "INSERT INTO outbox (shard, epoch, seq, event_type, event_key, payload)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (event.shard, epoch, seq, type(event).__name__, event_key(event), encode(stamped)),
+            " VALUES (%s, %s, %s, %s, %s, %s);"
+            f"NOTIFY {OUTBOX_CHANNEL}",
+            (seq, event.shard, event.shard, epoch, seq, type(event).__name__, key, payload),
         )
-        # Delivered at commit, once per transaction however many events it adds.
-        cur.execute(f"NOTIFY {OUTBOX_CHANNEL}")
     return Published(event.shard, epoch, seq, stamped)
+
+
+def _refusal(cur: psycopg2.extensions.cursor, shard: int) -> PipelineError:
+    """Why this DC may not write ``shard``: another DC owns it, or it is read-only here."""
+    cur.execute(
+        "SELECT o.owner_dc, l.name FROM shard_ownership o, local_dc l WHERE o.shard = %s",
+        (shard,),
+    )
+    found = cur.fetchone()
+    if found is None:
+        return PipelineError(f"shard {shard} is not in this DC's shard_ownership table")
+    owner, local = found
+    if owner == local:
+        return ShardNotWritableError(shard, owner)
+    return NotOwnerError(shard, owner, local)

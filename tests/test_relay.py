@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,12 @@ from pipeline.admin import high_watermark
 from pipeline.bench.load import event_for
 from pipeline.codec import decode
 from pipeline.db import connect
-from pipeline.errors import NotOwnerError, ShardNotWritableError
+from pipeline.errors import (
+    EventTooLargeError,
+    InvalidEventError,
+    NotOwnerError,
+    ShardNotWritableError,
+)
 from pipeline.stack import up
 from pipeline.stack.processes import StackState, stop
 from pipeline.topics import shard_topic
@@ -115,6 +121,50 @@ def test_publish_refuses_a_shard_owned_elsewhere_naming_the_owner(stack: Running
             publish(conn, event_for(next(cluster_ids_of(own, 16)), own))
     finally:
         conn.rollback()
+        conn.close()
+
+
+def last_seq(conn, shard: int) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT last_seq FROM shard_ownership WHERE shard = %s", (shard,))
+        return int(cur.fetchone()[0])
+
+
+@pytest.mark.parametrize(
+    ("spoil", "error"),
+    [
+        # A schema-invalid event: encoding fails.
+        (
+            lambda ev: dataclasses.replace(ev, cluster=dataclasses.replace(ev.cluster, name=None)),
+            InvalidEventError,
+        ),
+        # An event over the size a shard topic takes (a 1.1 MB cluster config).
+        (
+            lambda ev: dataclasses.replace(
+                ev,
+                cluster=dataclasses.replace(ev.cluster, config='{"x": "' + "y" * 1_100_000 + '"}'),
+            ),
+            EventTooLargeError,
+        ),
+    ],
+    ids=["invalid", "too-large"],
+)
+def test_a_refused_event_takes_no_seq_even_when_the_caller_commits(
+    stack: RunningStack, spoil, error
+) -> None:
+    shard = owned_shards(stack, DC, 1)[0]
+    ids = cluster_ids_of(shard, 16, start=30_000_000)
+    conn = connect(stack.dc(DC).database)
+    try:
+        before = last_seq(conn, shard)
+        with pytest.raises(error):
+            publish(conn, spoil(event_for(next(ids), shard)))
+        conn.commit()  # the caller's other changes go in; the refused event must leave no trace
+        assert last_seq(conn, shard) == before
+        with conn:
+            published = publish(conn, event_for(next(ids), shard))
+        assert published.seq == before + 1, "a seq was burned: replicas would see a gap forever"
+    finally:
         conn.close()
 
 

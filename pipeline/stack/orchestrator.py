@@ -41,6 +41,7 @@ from pipeline.topics import (
     HEARTBEAT_TOPIC,
     OWNERSHIP_TOPIC,
     PROBE_TOPIC,
+    SHARD_MAX_MESSAGE_BYTES,
     mirrored,
     shard_topic,
 )
@@ -74,7 +75,8 @@ class ProcessStatus:
 
 def dc_topics(topology: Topology, dc: DataCenter) -> list[TopicSpec]:
     """The local topics of ``dc``: its DC set's shard topics, heartbeat, ownership, probe, DLQ."""
-    specs = [TopicSpec(shard_topic(s)) for s in topology.shards_of(dc.name)]
+    shard_config = {"max.message.bytes": str(SHARD_MAX_MESSAGE_BYTES)}
+    specs = [TopicSpec(shard_topic(s), config=shard_config) for s in topology.shards_of(dc.name)]
     hour = {"retention.ms": str(3_600_000)}
     specs.append(TopicSpec(HEARTBEAT_TOPIC, config=hour))
     specs.append(TopicSpec(PROBE_TOPIC, config=hour))
