@@ -5,12 +5,15 @@ PYTHON  ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 KAFKA   := .cache/kafka
+# toxiproxy cuts and slows the links of failure drills; Go builds it from the module proxy.
+TOXIPROXY_VERSION := v2.5.0
+TOXIPROXY := .cache/toxiproxy/server
 CLI     := $(BIN)/coopr-pipeline
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test lint format bench stack-down clean
 
-setup: $(VENV)/.installed $(KAFKA)/.fetched system-deps
+setup: $(VENV)/.installed $(KAFKA)/.fetched $(TOXIPROXY) system-deps
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed, found " + sys.version.split()[0])'
@@ -23,6 +26,11 @@ $(KAFKA)/.fetched: deploy/kafka/pom.xml
 	@deploy/scripts/check-java.sh
 	rm -rf $(KAFKA)/lib
 	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/$(KAFKA)/lib
+	touch $@
+
+$(TOXIPROXY): Makefile
+	@command -v go >/dev/null 2>&1 || { echo "Go is needed to build toxiproxy (Debian: apt-get install golang)" >&2; exit 1; }
+	GOBIN=$(CURDIR)/.cache/toxiproxy go install github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION)
 	touch $@
 
 .PHONY: system-deps

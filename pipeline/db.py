@@ -21,7 +21,15 @@ from pipeline.errors import ConfigError, UnreachableError
 from pipeline.ownership import seed_ownership
 from pipeline.topology import Topology
 
-__all__ = ["Migration", "connect", "fetch_all", "migrate", "migrations", "prepare"]
+__all__ = [
+    "ConnectionTimeouts",
+    "Migration",
+    "connect",
+    "fetch_all",
+    "migrate",
+    "migrations",
+    "prepare",
+]
 
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
@@ -49,10 +57,62 @@ def migrations() -> list[Migration]:
     return found
 
 
-def connect(dsn: str, *, connect_timeout_s: int = 5) -> psycopg2.extensions.connection:
-    """Open a connection; :class:`UnreachableError` (without the password) if it fails."""
+@dataclass(frozen=True, slots=True)
+class ConnectionTimeouts:
+    """How soon either end of a database connection notices the other is gone (seconds).
+
+    TCP keepalives and ``tcp_user_timeout`` are set on both ends: in libpq, so a client
+    notices a dead server or network, and in the server session (``options``), so the server
+    ends the session of a dead client host and releases what it held (the relay's advisory
+    lock): about ``keepalive_idle_s + keepalive_interval_s * keepalive_count`` when idle,
+    ``user_timeout_s`` when data goes unacknowledged. The defaults detect a dead peer in
+    about 11 s. Neither helps when something between the two ends keeps TCP alive (a proxy, a
+    pooler): sessions that hold a lock also set :func:`connect`'s ``idle_session_timeout_s``.
+    """
+
+    connect_s: int = 5
+    keepalive_idle_s: int = 5
+    keepalive_interval_s: int = 2
+    keepalive_count: int = 3
+    user_timeout_s: int = 10
+
+
+def connect(
+    dsn: str,
+    *,
+    timeouts: ConnectionTimeouts = ConnectionTimeouts(),
+    idle_session_timeout_s: float | None = None,
+) -> psycopg2.extensions.connection:
+    """Open a connection; :class:`UnreachableError` (without the password) if it fails.
+
+    With ``idle_session_timeout_s`` the server ends the session once no statement has
+    arrived for that long (PostgreSQL 14+): the owner of the session must run one more often.
+    """
+    server = {
+        "tcp_keepalives_idle": timeouts.keepalive_idle_s,
+        "tcp_keepalives_interval": timeouts.keepalive_interval_s,
+        "tcp_keepalives_count": timeouts.keepalive_count,
+        "tcp_user_timeout": timeouts.user_timeout_s * 1000,
+    }
+    if idle_session_timeout_s is not None:
+        server["idle_session_timeout"] = int(idle_session_timeout_s * 1000)
     try:
-        return psycopg2.connect(dsn, connect_timeout=connect_timeout_s)
+        # Options the DSN sets itself (a search_path, say) are kept.
+        given = psycopg2.extensions.parse_dsn(dsn).get("options", "")
+    except psycopg2.ProgrammingError:
+        # psycopg2's message quotes the DSN, password and all.
+        raise ConfigError("the database DSN is not valid libpq syntax", field="database") from None
+    try:
+        return psycopg2.connect(
+            dsn,
+            connect_timeout=timeouts.connect_s,
+            keepalives=1,
+            keepalives_idle=timeouts.keepalive_idle_s,
+            keepalives_interval=timeouts.keepalive_interval_s,
+            keepalives_count=timeouts.keepalive_count,
+            tcp_user_timeout=timeouts.user_timeout_s * 1000,
+            options=" ".join([given, *(f"-c {key}={value}" for key, value in server.items())]),
+        )
     except psycopg2.OperationalError as e:
         host = psycopg2.extensions.parse_dsn(dsn).get("host", "?")
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -2,18 +2,30 @@
 
 One relay per DC publishes at a time: it holds a PostgreSQL session advisory lock, and any
 other relay of the DC waits as a standby, trying the lock every ``standby_poll_s``. When the
-active relay dies its session ends, the lock is released, and a standby takes over.
+active relay dies its session ends, the lock is released, and a standby takes over. The
+session ends even when nothing tells the server the relay is gone (a host that died, a proxy
+that keeps TCP alive): the relay runs a statement at least every ``poll_interval_s``, and the
+server ends its session after ``lock_silence_s`` without one (``idle_session_timeout``).
 
-Commit order, per batch (the guarantee: nothing is lost, a row may be published twice):
+Each round (the guarantee: nothing is lost, a row may be published twice, a shard's rows
+reach Kafka in seq order):
 
-1. read up to ``batch_size`` unpublished rows in id order (seq order within each shard);
-2. produce them to ``coopr.shard.NN`` with an idempotent producer (``acks=all``);
-3. wait for every delivery report (records never time out: while Kafka is away the relay
-   waits, and reports it in its health);
-4. mark published, in one statement, for each shard the rows up to its first failed
-   delivery. A crash between 3 and 4 re-publishes those rows: consumers absorb duplicates
-   by ``(epoch, seq)``. A failed row and those after it in its shard are sent again, in
-   order, after a backoff.
+1. serve delivery reports and mark published, per shard, the rows up to the first one Kafka
+   has not acknowledged (one statement). A crash between an acknowledgement and its mark
+   re-publishes the row: consumers absorb duplicates by ``(epoch, seq)``;
+2. read the unpublished rows of every shard that has none in flight and is not blocked, in
+   id order (seq order within a shard): at most ``batch_size`` per shard and ``batch_bytes``
+   in all (at least one row);
+3. produce them with an idempotent producer (``acks=all``, records never time out, gapless);
+4. wait for their delivery reports, at most ``ack_timeout_s``.
+
+A shard whose records are not acknowledged by then is **stuck** (a partition without a
+leader, a topic that is gone): it gets no new rows until its reports arrive, health names it,
+and the other shards go on. A shard whose record Kafka refuses (too large for its topic, the
+topic missing, not authorised) is **blocked**: its rows are sent again, in order, one at
+first, after a backoff that doubles up to ``blocked_retry_max_s``; health names it with the
+reason. A fatal producer error (the idempotent producer can no longer keep the order, as after
+a refused batch) replaces the producer; the rows it had not acknowledged are sent again.
 
 The relay wakes on ``NOTIFY coopr_outbox`` (sent by :func:`producer.outbox.publish` at
 commit) and polls every ``poll_interval_s`` in case a notification was missed. Published rows
@@ -22,26 +34,28 @@ older than ``retention_s`` are pruned every ``prune_interval_s``.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import select
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
-from pipeline.db import connect
-from pipeline.errors import PipelineError, UnreachableError
+from pipeline.db import ConnectionTimeouts, connect
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.kafka_config import KafkaSettings
 from pipeline.logging import get_logger
-from pipeline.topics import shard_topic
+from pipeline.topics import SHARD_MAX_MESSAGE_BYTES, shard_topic
 from producer.outbox import OUTBOX_CHANNEL
 
 __all__ = ["RELAY_LOCK", "Relay", "RelayConfig"]
@@ -59,6 +73,17 @@ FAILED = Counter(
 )
 BACKLOG = Gauge("coopr_relay_outbox_backlog", "Outbox rows not yet published.", ["dc"])
 ACTIVE = Gauge("coopr_relay_active", "1 while this relay holds the DC's relay lock.", ["dc"])
+BLOCKED = Gauge(
+    "coopr_relay_blocked_shards", "Shards held back because Kafka refused a record.", ["dc"]
+)
+STUCK = Gauge(
+    "coopr_relay_stuck_shards",
+    "Shards with records unacknowledged for longer than the acknowledgement timeout.",
+    ["dc"],
+)
+PRODUCER_RESTARTS = Counter(
+    "coopr_relay_producer_restarts_total", "Producers replaced after a fatal error.", ["dc"]
+)
 LATENCY = Histogram(
     "coopr_relay_publish_latency_seconds",
     "Outbox commit (row creation) to Kafka acknowledgement.",
@@ -66,21 +91,70 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+#: Delivery errors that say nothing about the record itself: its producer failed or purged it.
+_COLLATERAL = frozenset(
+    {
+        KafkaError._FATAL,
+        KafkaError._PURGE_QUEUE,
+        KafkaError._PURGE_INFLIGHT,
+        KafkaError._GAPLESS_GUARANTEE,
+    }
+)
+#: Per shard, unpublished rows in id order, cut at the row and byte limits (the first row of
+#: a round is always taken, whatever its size). A blocked shard due for a retry sends one row.
+_FETCH = """
+SELECT id, shard, epoch, seq, event_type, event_key, payload, created
+FROM (
+    SELECT o.*, sum(o.size) OVER (ORDER BY o.id) - o.size AS before
+    FROM shard_ownership s CROSS JOIN LATERAL (
+        SELECT id, shard, epoch, seq, event_type, event_key, payload,
+               extract(epoch FROM created_at) AS created, octet_length(payload) AS size
+        FROM outbox
+        WHERE outbox.shard = s.shard AND published_at IS NULL
+        ORDER BY id
+        LIMIT CASE WHEN s.shard = ANY(%(probe)s) THEN 1 ELSE %(rows)s END
+    ) o
+    WHERE s.shard <> ALL(%(skip)s)
+) w
+WHERE before < %(bytes)s
+ORDER BY id
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
-    """Settings of one relay process. Times in seconds unless the name says ms."""
+    """Settings of one relay process. Times in seconds, sizes in bytes."""
 
     dc: str
     database: str = field(repr=False)
     kafka: KafkaSettings
+    #: Rows per shard and round.
     batch_size: int = 5000
+    #: Payload bytes per round, all shards together.
+    batch_bytes: int = 16 * 1024 * 1024
     poll_interval_s: float = 1.0
+    ack_timeout_s: float = 5.0
     standby_poll_s: float = 1.0
+    #: The server ends the active relay's session after this long without a statement,
+    #: releasing its lock for a standby.
+    lock_silence_s: float = 15.0
     retention_s: float = 24 * 3600.0
     prune_interval_s: float = 60.0
     stop_grace_s: float = 30.0
     max_backoff_s: float = 5.0
+    blocked_retry_max_s: float = 30.0
+    timeouts: ConnectionTimeouts = field(default_factory=ConnectionTimeouts)
+
+    def __post_init__(self) -> None:
+        # The relay is silent for at most a poll interval or an acknowledgement wait, plus
+        # the time its own statements take.
+        quiet = max(self.poll_interval_s, self.ack_timeout_s)
+        if self.lock_silence_s < quiet + 2.0:
+            raise ConfigError(
+                f"must be at least 2 s above the poll interval and the acknowledgement timeout"
+                f" ({quiet:g} s), not {self.lock_silence_s:g}",
+                field="lock_silence_s",
+            )
 
     def producer_settings(self) -> dict[str, Any]:
         """librdkafka settings: idempotent, ``acks=all``, never giving a record up.
@@ -95,9 +169,62 @@ class RelayConfig:
                 "linger.ms": 1,
                 "message.timeout.ms": 0,
                 "enable.gapless.guarantee": True,
+                "message.max.bytes": SHARD_MAX_MESSAGE_BYTES,
                 "queue.buffering.max.messages": max(100_000, 2 * self.batch_size),
             }
         )
+
+
+#: A delivery report not received yet.
+_PENDING = object()
+
+
+@dataclass(slots=True, eq=False)
+class _Flight:
+    """The rows of one shard produced in one round, in seq order, and their reports."""
+
+    shard: int
+    ids: list[int] = field(default_factory=list)
+    created: list[float] = field(default_factory=list)
+    reports: list[object] = field(default_factory=list)
+    sent_at: float = field(default_factory=time.monotonic)
+    #: Rows already marked published: a prefix.
+    marked: int = 0
+    reported: int = 0
+    #: A later row of the shard was refused before it was sent: the shard stays blocked.
+    cut: bool = False
+
+    def on_delivery(self, index: int, err: KafkaError | None, msg: Message) -> None:
+        self.reports[index] = err
+        self.reported += 1
+
+    @property
+    def complete(self) -> bool:
+        return self.reported == len(self.ids)
+
+    def acknowledged(self) -> int:
+        """How many rows, from the first, Kafka acknowledged."""
+        n = self.marked
+        while n < len(self.ids) and self.reports[n] is None:
+            n += 1
+        return n
+
+    def refusal(self) -> KafkaError | None:
+        """The first error that concerns the records themselves, if any."""
+        for report in self.reports:
+            if isinstance(report, KafkaError) and report.code() not in _COLLATERAL:
+                return report
+        return None
+
+
+@dataclass(slots=True)
+class _Block:
+    """Why a shard is held back, since when (s since the epoch), and when to try again."""
+
+    reason: str
+    since: float
+    retry_at: float
+    failures: int
 
 
 class Relay:
@@ -112,57 +239,87 @@ class Relay:
         self.backlog = 0
         self._conn: psycopg2.extensions.connection | None = None
         self._producer = Producer(config.producer_settings())
-        # Set on a fatal idempotence error: that producer can send nothing more.
+        # Set on a fatal producer error: that producer can send nothing more.
         self._producer_broken = False
+        self._flights: dict[int, _Flight] = {}
+        self._blocked: dict[int, _Block] = {}
         self._next_prune = 0.0
         self._next_backlog = 0.0
         self._labels = {"dc": config.dc}
+        self._log = log.bind(dc=config.dc, instance=self.instance)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy unless the last attempt failed; the role tells active from standby."""
-        role = "active" if self.active else "standby"
+        """Healthy unless the last attempt failed or a shard is blocked or stuck; the role
+        tells active from standby. Called from another thread: it reads snapshots only."""
+        now = time.monotonic()
+        blocked = {str(s): b.reason for s, b in sorted(dict(self._blocked).items())}
+        stuck = {
+            str(f.shard): f"{len(f.ids) - f.reported} records unacknowledged for"
+            f" {now - f.sent_at:.0f} s"
+            for f in sorted(list(self._flights.values()), key=lambda f: f.shard)
+            if not f.complete and now - f.sent_at > self.config.ack_timeout_s
+        }
         details = {
             "dc": self.config.dc,
             "instance": self.instance,
-            "role": role,
+            "role": "active" if self.active else "standby",
             "backlog": self.backlog,
             "last_error": self.last_error,
+            "blocked_shards": blocked,
+            "stuck_shards": stuck,
         }
-        return self.last_error is None, details
+        return self.last_error is None and not blocked and not stuck, details
 
     def run(self) -> None:
         backoff = 0.1
-        log.info("relay starting", dc=self.config.dc, instance=self.instance)
+        self._log.info("relay starting")
         while not self.stop.is_set():
             try:
                 if not self._ensure_active():
                     self.stop.wait(self.config.standby_poll_s)
                     continue
-                published = self._publish_batch()
+                sent = self._round()
                 self._housekeeping()
                 self.last_error = None
                 backoff = 0.1
-                if published == 0:
+                if sent == 0:
                     self._wait_for_rows()
             except (psycopg2.Error, PipelineError) as e:
                 self.last_error = (
                     str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 )
-                log.warning("relay retrying", error=self.last_error, backoff_s=backoff)
+                self._log.warning("relay retrying", error=self.last_error, backoff_s=backoff)
                 self._drop_connection()
-                if self._producer_broken:
-                    self._producer = Producer(self.config.producer_settings())
-                    self._producer_broken = False
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, self.config.max_backoff_s)
+        self._finish()
+        self._log.info("relay stopped")
+
+    def _finish(self) -> None:
+        """On stop: wait up to ``stop_grace_s`` for the records in flight, marking them as
+        they are acknowledged; what is left unmarked the next relay sends again."""
+        until = time.monotonic() + self.config.stop_grace_s
+        try:
+            while self._flights and time.monotonic() < until and self._conn is not None:
+                self._await(list(self._flights.values()), min(until, time.monotonic() + 1.0))
+                self._settle()
+        except (psycopg2.Error, PipelineError) as e:
+            self._log.warning("relay stopping without marking the last rows", error=str(e))
         self._drop_connection()
-        self._producer.flush(self.config.stop_grace_s)
-        log.info("relay stopped", dc=self.config.dc, instance=self.instance)
+        self._producer.purge()
+        self._producer.flush(0)
 
     def _ensure_active(self) -> bool:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.config.database)
+            self._conn = connect(
+                self.config.database,
+                timeouts=self.config.timeouts,
+                idle_session_timeout_s=self.config.lock_silence_s,
+            )
             self._conn.autocommit = True
+            # psycopg2 appends a notification after every statement that brings one; only
+            # "rows arrived" matters, so a few are enough and memory stays bounded.
+            self._conn.notifies = collections.deque(maxlen=64)  # type: ignore[assignment]
             self.active = False
         if self.active:
             return True
@@ -174,7 +331,7 @@ class Relay:
             cur.execute(f"LISTEN {OUTBOX_CHANNEL}")
         self.active = True
         ACTIVE.labels(**self._labels).set(1)
-        log.info("relay active", dc=self.config.dc, instance=self.instance)
+        self._log.info("relay active")
         return True
 
     def _drop_connection(self) -> None:
@@ -182,116 +339,208 @@ class Relay:
             self._conn.close()
         self._conn = None
         if self.active:
-            log.info("relay gave up the lock", dc=self.config.dc, instance=self.instance)
+            self._log.info("relay gave up the lock")
         self.active = False
         ACTIVE.labels(**self._labels).set(0)
 
-    def _publish_batch(self) -> int:
-        """Publish one batch; returns how many rows were marked published."""
+    def _round(self) -> int:
+        """Settle what was acknowledged, send the next rows, wait for them; returns how many
+        rows were sent."""
         assert self._conn is not None
+        self._settle()
+        self._conn.notifies.clear()  # the fetch below sees every row committed so far
+        now = time.monotonic()
+        skip = set(self._flights) | {s for s, b in self._blocked.items() if b.retry_at > now}
+        probe = [s for s in self._blocked if s not in skip]
         with self._conn.cursor() as cur:
             cur.execute(
-                "SELECT id, shard, epoch, seq, event_type, event_key, payload,"
-                " extract(epoch FROM created_at)"
-                " FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT %s",
-                (self.config.batch_size,),
+                _FETCH,
+                {
+                    "probe": probe,
+                    "skip": sorted(skip),
+                    "rows": self.config.batch_size,
+                    "bytes": self.config.batch_bytes,
+                },
             )
             rows = cur.fetchall()
         if not rows:
             return 0
-        delivered: set[int] = set()
-        failed: dict[int, str] = {}
+        flights = self._send(rows)
+        self._await(flights, time.monotonic() + self.config.ack_timeout_s)
+        self._settle()
+        return len(rows)
 
-        def on_delivery(row_id: int, err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                delivered.add(row_id)
-            else:
-                failed[row_id] = err.str()
-                self._producer_broken = self._producer_broken or err.fatal()
-
-        for row_id, shard, epoch, seq, event_type, key, payload, _ in rows:
+    def _send(self, rows: Iterable[tuple[Any, ...]]) -> list[_Flight]:
+        """Produce ``rows``; a record refused at once blocks its shard (and the rest of its
+        rows stay unsent); a fatal error stops sending."""
+        flights: dict[int, _Flight] = {}
+        refused: set[int] = set()
+        for row_id, shard, epoch, seq, event_type, key, payload, created in rows:
+            if shard in refused or self._producer_broken:
+                continue
+            flight = flights.get(shard)
+            if flight is None:
+                flight = flights[shard] = self._flights[shard] = _Flight(shard)
             headers = [
                 ("event-type", event_type.encode()),
                 ("epoch", str(epoch).encode()),
                 ("seq", str(seq).encode()),
             ]
-            while True:
-                try:
-                    self._producer.produce(
-                        shard_topic(shard),
-                        value=bytes(payload),
-                        key=key.encode(),
-                        partition=0,
-                        headers=headers,
-                        on_delivery=partial(on_delivery, row_id),
-                    )
-                    break
-                except BufferError:
-                    # The local queue is full: serve delivery reports to make room.
-                    self._producer.poll(0.05)
-        self._await_reports(lambda: len(delivered) + len(failed) < len(rows))
-
-        # Per shard, only the prefix before the first row not acknowledged: a later row must
-        # not be marked while an earlier one of the same shard still has to be sent again.
-        blocked: set[int] = set()
-        done: list[int] = []
-        latencies: list[float] = []
-        now = time.time()
-        for row_id, shard, *_, created in rows:
-            if shard in blocked or row_id not in delivered:
-                blocked.add(shard)
-                continue
-            done.append(row_id)
-            latencies.append(now - float(created))
-        if done:
-            with self._conn.cursor() as cur:
-                cur.execute(
-                    "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(%s)", (done,)
+            flight.reports.append(_PENDING)
+            try:
+                self._produce(
+                    shard_topic(shard),
+                    bytes(payload),
+                    key.encode(),
+                    headers,
+                    partial(flight.on_delivery, len(flight.ids)),
                 )
-        PUBLISHED.labels(**self._labels).inc(len(done))
-        latency = LATENCY.labels(**self._labels)
-        for seconds in latencies:
-            latency.observe(seconds)
-        if len(done) < len(rows):
-            FAILED.labels(**self._labels).inc(len(rows) - len(delivered))
-            reason = next(iter(failed.values()), "no delivery report in time")
-            raise UnreachableError(
-                f"{len(rows) - len(done)} of {len(rows)} rows not yet acknowledged: {reason}"
-            )
-        return len(done)
+            except KafkaException as e:
+                flight.reports.pop()
+                err: KafkaError = e.args[0]
+                if err.fatal() or err.code() == KafkaError._FATAL:
+                    self._producer_broken = True
+                else:
+                    refused.add(shard)
+                    flight.cut = True
+                    self._block(shard, f"row {row_id} (seq {seq}): {err.str()}")
+                continue
+            flight.ids.append(row_id)
+            flight.created.append(float(created))
+        for shard, flight in flights.items():
+            if not flight.ids:
+                del self._flights[shard]
+        return list(flights.values())
 
-    def _await_reports(self, outstanding: Callable[[], bool]) -> None:
-        """Serve delivery reports while ``outstanding()``: as long as it takes while running
-        (Kafka may be away for a while), at most ``stop_grace_s`` once stop is set."""
-        waited_since = time.monotonic()
-        warned = False
-        grace_until: float | None = None
-        while outstanding():
-            self._producer.poll(0.05)
-            now = time.monotonic()
-            if self.stop.is_set():
-                grace_until = grace_until or now + self.config.stop_grace_s
-                if now > grace_until:
-                    return  # the rows stay unpublished: the next relay sends them again
-            if not warned and now - waited_since > 10.0:
-                warned = True
-                self.last_error = "waiting over 10 s for Kafka to acknowledge the batch"
-                log.warning("kafka is not acknowledging, waiting", dc=self.config.dc)
+    def _produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes,
+        headers: list[tuple[str, str | bytes | None]],
+        cb: Any,
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value=value, key=key, partition=0, headers=headers, on_delivery=cb
+                )
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports to make room.
+                self._poll(0.05)
+
+    def _poll(self, timeout_s: float) -> None:
+        """Serve delivery reports; a fatal producer error marks the producer broken."""
+        try:
+            self._producer.poll(timeout_s)
+        except KafkaException as e:
+            self._producer_broken = True
+            self._log.error("fatal producer error", error=e.args[0].str())
+
+    def _await(self, flights: list[_Flight], until: float) -> None:
+        """Serve delivery reports until ``flights`` are all reported, the producer failed,
+        or ``until`` (monotonic s)."""
+        while not self._producer_broken and time.monotonic() < until:
+            if all(f.complete for f in flights):
+                return
+            self._poll(0.05)
+
+    def _settle(self) -> None:
+        """Mark what Kafka acknowledged; retire reported flights; block refused shards;
+        replace a broken producer."""
+        self._poll(0)
+        if self._producer_broken:
+            self._replace_producer()
+        marks: list[int] = []
+        latencies: list[float] = []
+        for shard, flight in list(self._flights.items()):
+            acked = flight.acknowledged()
+            marks += flight.ids[flight.marked : acked]
+            latencies += flight.created[flight.marked : acked]
+            flight.marked = acked
+            if not flight.complete:
+                continue
+            del self._flights[shard]
+            refusal = flight.refusal()
+            failed = len(flight.ids) - acked
+            if failed:
+                FAILED.labels(**self._labels).inc(failed)
+            if refusal is not None:
+                self._block(shard, refusal.str())
+            elif acked == len(flight.ids) and not flight.cut and shard in self._blocked:
+                del self._blocked[shard]
+                self._log.info("shard unblocked", shard=shard)
+        self._mark(marks, latencies)
+        now = time.monotonic()
+        STUCK.labels(**self._labels).set(
+            sum(1 for f in self._flights.values() if now - f.sent_at > self.config.ack_timeout_s)
+        )
+        BLOCKED.labels(**self._labels).set(len(self._blocked))
+
+    def _replace_producer(self) -> None:
+        """A fatal error: the producer's unreported records are given up (sent again by the
+        new producer, in order); a shard whose record was refused is blocked."""
+        self._producer.purge()
+        # The refused record's own report tells which shard to block: serve what is left.
+        until = time.monotonic() + 1.0
+        while any(not f.complete for f in self._flights.values()) and time.monotonic() < until:
+            with contextlib.suppress(KafkaException):  # the fatal error again, being handled
+                self._producer.poll(0.05)
+        for flight in self._flights.values():
+            for i, report in enumerate(flight.reports):
+                if report is _PENDING:
+                    flight.reports[i] = KafkaError(KafkaError._FATAL)
+            flight.reported = len(flight.ids)
+        self._producer = Producer(self.config.producer_settings())
+        self._producer_broken = False
+        PRODUCER_RESTARTS.labels(**self._labels).inc()
+        self._log.warning("producer replaced after a fatal error")
+
+    def _block(self, shard: int, reason: str) -> None:
+        previous = self._blocked.get(shard)
+        failures = previous.failures + 1 if previous else 1
+        delay = min(self.config.blocked_retry_max_s, 0.5 * 2**failures)
+        self._blocked[shard] = _Block(
+            reason,
+            previous.since if previous else time.time(),
+            time.monotonic() + delay,
+            failures,
+        )
+        self._log.warning("shard blocked", shard=shard, reason=reason, retry_in_s=delay)
+
+    def _mark(self, ids: list[int], created: list[float]) -> None:
+        if not ids:
+            return
+        assert self._conn is not None
+        with self._conn.cursor() as cur:
+            cur.execute(
+                "UPDATE outbox SET published_at = clock_timestamp()"
+                " WHERE id = ANY(%s) AND published_at IS NULL",
+                (ids,),
+            )
+        PUBLISHED.labels(**self._labels).inc(len(ids))
+        now = time.time()
+        latency = LATENCY.labels(**self._labels)
+        for seconds in created:
+            latency.observe(now - seconds)
 
     def _wait_for_rows(self) -> None:
-        """Sleep until a NOTIFY arrives, the poll interval passes, or stop is set."""
+        """Sleep until a NOTIFY arrives, the poll interval passes, or stop is set; delivery
+        reports of stuck shards are served meanwhile."""
         assert self._conn is not None
         deadline = time.monotonic() + self.config.poll_interval_s
         while not self.stop.is_set():
             self._conn.poll()
             if self._conn.notifies:
-                self._conn.notifies.clear()
                 return
             left = deadline - time.monotonic()
             if left <= 0:
                 return
             # Short slices so that a stop request is seen within 0.2 s.
             select.select([self._conn], [], [], min(left, 0.2))
+            if self._flights:
+                self._poll(0)
 
     def _housekeeping(self) -> None:
         assert self._conn is not None
@@ -310,5 +559,5 @@ class Relay:
                     (self.config.retention_s,),
                 )
                 if cur.rowcount:
-                    log.info("pruned published rows", dc=self.config.dc, rows=cur.rowcount)
+                    self._log.info("pruned published rows", rows=cur.rowcount)
             self._next_prune = now + self.config.prune_interval_s

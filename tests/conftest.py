@@ -9,6 +9,7 @@ to the run dir of a stack that is already up to reuse it instead (it is left run
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ import pytest
 
 from pipeline.kafka_config import KafkaSettings
 from pipeline.stack import down, local_topology_toml, status, up
-from pipeline.stack.processes import StackState
+from pipeline.stack.processes import StackState, stop
+from pipeline.stack.toxiproxy import Toxiproxy, start_toxiproxy
 from pipeline.topology import DataCenter, Topology, load_topology
+from tests.workers import free_port
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
         yield RunningStack(run_dir, topology_file, load_topology(topology_file))
     finally:
         down(run_dir, wipe=True)
+
+
+@pytest.fixture(scope="session")
+def toxiproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Toxiproxy]:
+    """A toxiproxy server for links a test can cut (see :mod:`pipeline.stack.toxiproxy`)."""
+    port = free_port()
+    record = start_toxiproxy(port, tmp_path_factory.mktemp("toxiproxy") / "toxiproxy.log")
+    server = Toxiproxy(port)
+    try:
+        deadline = time.monotonic() + 10
+        while not server.reachable():
+            assert time.monotonic() < deadline, f"toxiproxy did not answer: see {record.log}"
+            time.sleep(0.1)
+        yield server
+    finally:
+        stop(record)
 
 
 @pytest.fixture

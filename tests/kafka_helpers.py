@@ -6,6 +6,13 @@ import time
 from collections.abc import Callable
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
 
 from pipeline.admin import high_watermark
 from pipeline.kafka_config import KafkaSettings
@@ -75,3 +82,21 @@ def read_to_end(settings: KafkaSettings, topic: str, start: int, timeout_s: floa
         return records
     finally:
         consumer.close()
+
+
+def set_topic_config(settings: KafkaSettings, topic: str, key: str, value: str) -> None:
+    """Set one config of ``topic`` (incrementally: its other settings stay)."""
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET)],
+    )
+    admin = AdminClient(settings.admin())  # held: a collected client cancels its requests
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=15)
+
+
+def delete_topic(settings: KafkaSettings, topic: str) -> None:
+    admin = AdminClient(settings.admin())
+    for future in admin.delete_topics([topic]).values():
+        future.result(timeout=15)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from pipeline.admin import high_watermark
 from pipeline.bench.load import event_for
 from pipeline.codec import decode
-from pipeline.db import connect
+from pipeline.db import connect, fetch_all
 from pipeline.errors import (
     EventTooLargeError,
     InvalidEventError,
@@ -21,12 +23,14 @@ from pipeline.errors import (
 )
 from pipeline.stack import up
 from pipeline.stack.processes import StackState, stop
-from pipeline.topics import shard_topic
+from pipeline.stack.toxiproxy import Toxiproxy
+from pipeline.topics import SHARD_MAX_MESSAGE_BYTES, shard_topic
 from producer.outbox import publish
+from producer.relay import Relay, RelayConfig
 from tests.conftest import RunningStack
-from tests.kafka_helpers import read_to_end
+from tests.kafka_helpers import delete_topic, read_to_end, set_topic_config
 from tests.outbox_helpers import EventWriter, cluster_ids_of, publish_events
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, free_port
 
 pytestmark = pytest.mark.stack
 
@@ -36,9 +40,15 @@ DC = "dc1"
 class RelayProcess(WorkerProcess):
     """`coopr-pipeline worker relay` in a subprocess, with its health endpoint."""
 
-    def __init__(self, stack: RunningStack, dc: str = DC):
+    def __init__(self, stack: RunningStack, dc: str = DC, topology_file: Path | None = None):
         super().__init__(
-            stack.topology_file, "worker", "relay", "--dc", dc, "--poll-interval", "0.2"
+            topology_file or stack.topology_file,
+            "worker",
+            "relay",
+            "--dc",
+            dc,
+            "--poll-interval",
+            "0.2",
         )
 
     def wait_role(self, role: str, timeout_s: float) -> None:
@@ -272,3 +282,163 @@ def test_sigterm_exits_zero_and_relay_reports_unreachable_database(
     assert relay.health()["last_error"].startswith("database at 127.0.0.1 is unreachable")
     assert relay.terminate() == 0
     assert "unreachable" in relay.output() and "Traceback" not in relay.output()
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Seconds until ``predicate()`` held; fails after ``timeout_s``."""
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout_s, f"not within {timeout_s} s: {what}"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def shard_backlog(dsn: str, shard: int) -> int:
+    rows = fetch_all(
+        dsn, "SELECT count(*) FROM outbox WHERE published_at IS NULL AND shard = %s", (shard,)
+    )
+    return int(rows[0][0])
+
+
+@pytest.mark.slow
+def test_a_record_kafka_refuses_blocks_only_its_shard_until_it_is_fixed(
+    stack: RunningStack, relays: list[RelayProcess]
+) -> None:
+    dsn, kafka = stack.dc(DC).database, stack.kafka(DC)
+    victim, *others = owned_shards(stack, DC, 6)[-3:]
+    relay = RelayProcess(stack)
+    relays.append(relay)
+    relay.wait_role("active", 30)
+    wait_drained(dsn, 60)
+    starts = {s: high_watermark(kafka, shard_topic(s)) for s in (victim, *others)}
+    # The topic now takes records of at most 1,000 bytes: every event of the shard is refused
+    # by the broker, a fatal error for an idempotent producer that keeps order.
+    set_topic_config(kafka, shard_topic(victim), "max.message.bytes", "1000")
+    try:
+        written = [p for s in (victim, *others) for p in publish_events(dsn, s, 16, 20)]
+        wait_until(
+            lambda: all(shard_backlog(dsn, s) == 0 for s in others), 30, "the other shards flow"
+        )
+        health = relay.health()
+        assert health is not None
+        assert "too large" in health["blocked_shards"][str(victim)].lower()
+        assert shard_backlog(dsn, victim) == 20, "nothing of the refused shard is marked"
+        assert relay.metric(f'coopr_relay_blocked_shards{{dc="{DC}"}}') == 1.0
+        assert (relay.metric(f'coopr_relay_producer_restarts_total{{dc="{DC}"}}') or 0) >= 1
+    finally:
+        set_topic_config(
+            kafka, shard_topic(victim), "max.message.bytes", str(SHARD_MAX_MESSAGE_BYTES)
+        )
+    took = wait_until(lambda: shard_backlog(dsn, victim) == 0, 60, "the fixed shard drains")
+    relay.wait_health("blocked_shards", {}, 10)
+    assert_complete_and_ordered(stack, DC, starts, written)
+    print(f"the refused shard drained {took:.1f} s after its topic was fixed")
+    assert relay.terminate() == 0
+
+
+@pytest.mark.slow
+def test_a_deleted_shard_topic_holds_back_only_its_shard(
+    stack: RunningStack, relays: list[RelayProcess]
+) -> None:
+    dsn, kafka = stack.dc(DC).database, stack.kafka(DC)
+    victim, *others = owned_shards(stack, DC, 6)[-3:]
+    relay = RelayProcess(stack)
+    relays.append(relay)
+    relay.wait_role("active", 30)
+    wait_drained(dsn, 60)
+    starts = {s: high_watermark(kafka, shard_topic(s)) for s in others}
+    delete_topic(kafka, shard_topic(victim))
+    try:
+        written = [p for s in (victim, *others) for p in publish_events(dsn, s, 16, 20)]
+        wait_until(
+            lambda: all(shard_backlog(dsn, s) == 0 for s in others), 30, "the other shards flow"
+        )
+        assert_complete_and_ordered(stack, DC, starts, written)
+
+        def named() -> bool:
+            health = relay.health() or {}
+            return str(victim) in {**health["stuck_shards"], **health["blocked_shards"]}
+
+        wait_until(named, 30, f"/healthz names shard {victim}")
+        assert shard_backlog(dsn, victim) == 20
+    finally:
+        up(stack.run_dir, stack.topology_file)  # creates the missing topic again
+    wait_until(lambda: shard_backlog(dsn, victim) == 0, 120, "the shard drains into its new topic")
+    assert_complete_and_ordered(stack, DC, {victim: 0}, written)
+    assert relay.terminate() == 0
+
+
+def test_the_relays_notification_list_stays_bounded_under_sustained_load(
+    stack: RunningStack, relays: list[RelayProcess]
+) -> None:
+    dsn = stack.dc(DC).database
+    # One row per batch: the relay stays busy while the writers commit faster than that.
+    config = RelayConfig(
+        dc=DC, database=dsn, kafka=stack.kafka(DC), batch_size=1, poll_interval_s=0.2
+    )
+    stop = threading.Event()
+    relay = Relay(config, stop)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    writers: list[EventWriter] = []
+    try:
+        wait_until(lambda: relay.active, 30, "the relay is active")
+        wait_drained(dsn, 60)
+        shards = owned_shards(stack, DC, 3)
+        writers = [EventWriter(dsn, shards, 16, rate=300) for _ in range(3)]
+        for w in writers:
+            w.start()
+        sizes, backlogs = [], []
+        for _ in range(40):
+            time.sleep(0.15)
+            conn = relay._conn
+            if conn is not None:
+                sizes.append(len(conn.notifies))
+            backlogs.append(backlog(dsn))
+        written = sum(len(w.finish()) for w in writers)
+    finally:
+        for w in writers:
+            w.halt.set()
+        stop.set()
+        thread.join(60)
+    assert written > 1000 and max(backlogs) > 100, "the relay was never kept busy"
+    assert max(sizes) <= 64, f"notifications pile up: {max(sizes)} held"
+    relays.append(RelayProcess(stack))
+    wait_drained(dsn, 90)
+
+
+@pytest.mark.slow
+def test_a_standby_takes_over_within_30_s_when_the_active_relays_database_link_hangs(
+    stack: RunningStack, relays: list[RelayProcess], toxiproxy: Toxiproxy, tmp_path: Path
+) -> None:
+    db = stack.dc(DC)
+    link = toxiproxy.proxy(
+        f"relay-db-{uuid.uuid4().hex[:6]}", free_port(), f"127.0.0.1:{db.database_port}"
+    )
+    through_link = tmp_path / "topology.toml"
+    through_link.write_text(
+        stack.topology_file.read_text().replace(
+            f"127.0.0.1:{db.database_port}/", f"127.0.0.1:{link.port}/", 1
+        )
+    )
+    first = RelayProcess(stack, topology_file=through_link)
+    relays.append(first)
+    first.wait_role("active", 30)
+    second = RelayProcess(stack)
+    relays.append(second)
+    second.wait_role("standby", 30)
+    try:
+        link.cut()  # the active relay's database connection hangs: no error, no data
+        took = wait_until(
+            lambda: (second.health() or {}).get("role") == "active", 30, "the standby is active"
+        )
+        shard = owned_shards(stack, DC, 1)[0]
+        start = high_watermark(stack.kafka(DC), shard_topic(shard))
+        written = publish_events(db.database, shard, 16, 20)
+        wait_drained(db.database, 30)
+        assert_complete_and_ordered(stack, DC, {shard: start}, written)
+        assert (first.health() or {}).get("role") == "standby"
+    finally:
+        link.heal()
+        link.remove()
+    print(f"the standby took over {took:.1f} s after the link was cut")

@@ -55,6 +55,16 @@ class WorkerProcess:
         except OSError:
             return None
 
+    def metric(self, name: str) -> float | None:
+        """The value of one sample of /metrics (``name`` with its labels), if present."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
+
     def wait_health(self, key: str, value: object, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

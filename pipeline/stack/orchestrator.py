@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 
 from pipeline.admin import TopicSpec, ensure_topics, list_topics
-from pipeline.db import connect, prepare
+from pipeline.db import ConnectionTimeouts, connect, prepare
 from pipeline.errors import PipelineError, PortInUseError, StackError
 from pipeline.kafka_config import KafkaSettings
 from pipeline.logging import get_logger
@@ -113,7 +113,7 @@ def _check_kafka(dc: DataCenter) -> str:
 
 def _check_postgres(dc: DataCenter) -> str:
     try:
-        connect(postgres.admin_dsn(dc), connect_timeout_s=2).close()
+        connect(postgres.admin_dsn(dc), timeouts=ConnectionTimeouts(connect_s=2)).close()
     except PipelineError as e:
         return f"unreachable: {e}"
     return "healthy"

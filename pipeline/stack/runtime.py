@@ -3,7 +3,7 @@
 ``make setup`` installs them (the Kafka jars through Maven into ``.cache/kafka/lib``,
 PostgreSQL from Debian's packages); this module only finds them and says exactly what is
 missing. Overrides: ``COOPR_KAFKA_LIB`` (folder of jars), ``COOPR_PG_BINDIR`` (folder with
-``initdb`` and ``postgres``), ``JAVA_HOME``.
+``initdb`` and ``postgres``), ``COOPR_TOXIPROXY`` (the toxiproxy server), ``JAVA_HOME``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.errors import DependencyMissingError
 
-__all__ = ["REPO_ROOT", "deploy_dir", "java", "kafka_classpath", "pg_bindir"]
+__all__ = ["REPO_ROOT", "deploy_dir", "java", "kafka_classpath", "pg_bindir", "toxiproxy"]
 
 #: The checkout the package is installed from (editable install).
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -72,4 +72,20 @@ def pg_bindir() -> Path:
     raise DependencyMissingError(
         "PostgreSQL server binaries (initdb, postgres) were not found: run `make setup` "
         "(Debian: apt-get install postgresql) or set COOPR_PG_BINDIR"
+    )
+
+
+def toxiproxy() -> str:
+    """Path of the toxiproxy server that ``make setup`` built with Go into ``.cache/toxiproxy``."""
+    override = os.environ.get("COOPR_TOXIPROXY")
+    candidates = [Path(override)] if override else []
+    candidates.append(REPO_ROOT / ".cache" / "toxiproxy" / "server")
+    if (found := shutil.which("toxiproxy-server")) is not None:
+        candidates.append(Path(found))
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    raise DependencyMissingError(
+        "the toxiproxy server was not found: run `make setup` (Go builds it from the Go module"
+        " proxy into .cache/toxiproxy) or set COOPR_TOXIPROXY"
     )
