@@ -423,7 +423,7 @@ def bench() -> None:
 @run_dir_option
 def bench_mirror_cmd(count: int, rate: float, run_dir: Path) -> None:
     """Mirror latency through MirrorMaker 2 on the running stack, against a direct read."""
-    from pipeline.bench.mirror import bench_mirror
+    from bench.mirror import bench_mirror
 
     results = bench_mirror(_running_topology(run_dir), count=count, rate=rate)
     click.echo(f"mirror latency, {count} records at {rate:g}/s (read time - CreateTime):")
@@ -457,7 +457,7 @@ def bench_mirror_cmd(count: int, rate: float, run_dir: Path) -> None:
 )
 def bench_stack_cmd(dcs: int, base_port: int) -> None:
     """Cold `stack up` time and resident memory of a fresh stack (started and wiped)."""
-    from pipeline.bench.stack import bench_stack
+    from bench.stack import bench_stack
 
     r = bench_stack(dcs, base_port=base_port)
     click.echo(
@@ -476,7 +476,7 @@ def bench_stack_cmd(dcs: int, base_port: int) -> None:
 )
 def bench_codec_cmd(seconds: float) -> None:
     """Encode and decode rate of the Avro codec against bare fastavro, per core."""
-    from pipeline.bench.codec import bench_codec
+    from bench.codec import bench_codec
 
     figures = bench_codec(seconds)
     click.echo(_table(["FIGURE", "VALUE"], [[k, f"{v:,.2f}"] for k, v in figures.items()]))
@@ -530,7 +530,7 @@ def _throughput_table(measured: str, per_s: float, baseline: str, baseline_per_s
 @run_dir_option
 def bench_relay_cmd(dc: str, count: int, rate: float, seconds: float, run_dir: Path) -> None:
     """Relay throughput against bare librdkafka, and commit-to-ack latency at a fixed rate."""
-    from pipeline.bench.relay import bench_relay_latency, bench_relay_throughput
+    from bench.relay import bench_relay_latency, bench_relay_throughput
 
     topology = _running_topology(run_dir)
     t = bench_relay_throughput(topology, dc, count=count)
@@ -555,7 +555,7 @@ def bench_applier_cmd(
     owner: str, replica: str, count: int, rate: float, seconds: float, run_dir: Path
 ) -> None:
     """Apply throughput against a bare COPY, and outbox-to-replica delay at a fixed rate."""
-    from pipeline.bench.applier import bench_apply_throughput, bench_replication_delay
+    from bench.applier import bench_apply_throughput, bench_replication_delay
 
     topology = _running_topology(run_dir)
     t = bench_apply_throughput(topology, replica, count=count)

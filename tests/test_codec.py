@@ -16,8 +16,8 @@ from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.codec import sample_heartbeat, sample_operation_completed
 from pipeline import codec
-from pipeline.bench.codec import sample_heartbeat, sample_operation_completed
 from pipeline.errors import (
     CodecError,
     CorruptBodyError,

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.load import event_for
 from pipeline.admin import high_watermark
-from pipeline.bench.load import event_for
 from pipeline.codec import decode
 from pipeline.db import connect
 from pipeline.errors import NotOwnerError, ShardNotWritableError

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 from confluent_kafka import Producer
 
+from bench.load import event_for, publish_at_rate
 from consumer.applier import Applier, ApplierConfig
 from consumer.sequencing import Position
 from consumer.store import Incoming, csv_buffer, rows_of
 from pipeline.admin import TopicSpec, ensure_topics
-from pipeline.bench.load import event_for, publish_at_rate
 from pipeline.codec import decode_record, encode
 from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError

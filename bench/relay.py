@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from confluent_kafka import Producer
 
+from bench.codec import sample_operation_completed
+from bench.load import publish_at_rate
 from pipeline.admin import TopicSpec, ensure_topics, high_watermark
-from pipeline.bench.codec import sample_operation_completed
-from pipeline.bench.load import publish_at_rate
 from pipeline.codec import encode
 from pipeline.db import connect
 from pipeline.errors import PipelineError
