@@ -350,7 +350,7 @@ def simulate(dc: str, topology_file: Path, rate: float, duration: float, seed: i
     import dataclasses
 
     from pipeline.shutdown import stop_on_signals
-    from producer.simulator import SimulatorConfig, run_simulation
+    from simulator import SimulatorConfig, run_simulation
 
     stats = run_simulation(
         load_topology(topology_file),

@@ -27,9 +27,11 @@ from pipeline.events import (
     TaskStatus,
 )
 from pipeline.topology import Topology, parse_topology
-from producer.jobs import (
+from simulator import (
     MAX_ATTEMPTS,
     JobPlan,
+    SimulationStats,
+    SimulatorConfig,
     checkpoint_view,
     choose_action,
     cluster_from_json,
@@ -42,9 +44,9 @@ from producer.jobs import (
     plan_from_json,
     plan_job,
     plan_to_json,
+    run_simulation,
     task_id,
 )
-from producer.simulator import SimulationStats, SimulatorConfig, run_simulation
 from tests.conftest import RunningStack
 
 _A = ProvisionerAction

@@ -1,9 +1,9 @@
 """``simulate``: a stand-in Coopr server that runs realistic jobs and writes through the outbox.
 
 The simulator of DC A plays A's Coopr server: users ask it to create clusters (from A's ID
-space, :func:`producer.jobs.id_space`) and to configure, add services to, restart, stop,
+space, :func:`simulator.ids.id_space`) and to configure, add services to, restart, stop,
 start and delete the clusters it created. Every job runs as stages of node tasks
-(:mod:`producer.jobs`). At each stage boundary it commits ONE transaction that updates
+(:mod:`simulator.planning`). At each stage boundary it commits ONE transaction that updates
 ``coopr_jobs`` / ``coopr_clusters`` (the cluster is PENDING while its job runs) and adds a
 RestartCheckpoint to the outbox with :func:`producer.outbox.publish`; when the job ends, one
 transaction writes the final state and an OperationCompleted.
@@ -73,26 +73,19 @@ from pipeline.events import (
 from pipeline.logging import get_logger
 from pipeline.shards import shard_of
 from pipeline.topology import Topology
-from producer.jobs import (
-    IdSpace,
-    JobPlan,
-    checkpoint_view,
-    choose_action,
+from producer.outbox import ShardEvent, publish
+from producer.router import ShardRouter
+from simulator.ids import IdSpace, format_cluster_id, id_space, next_job_number
+from simulator.json_forms import (
     cluster_from_json,
     cluster_to_json,
-    completion_view,
-    format_cluster_id,
-    id_space,
-    new_cluster,
-    next_job_number,
     node_from_json,
     node_to_json,
     plan_from_json,
-    plan_job,
     plan_to_json,
 )
-from producer.outbox import ShardEvent, publish
-from producer.router import ShardRouter
+from simulator.planning import JobPlan, choose_action, new_cluster, plan_job
+from simulator.views import checkpoint_view, completion_view
 
 __all__ = ["SimulationStats", "SimulatorConfig", "run_simulation"]
 
