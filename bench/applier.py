@@ -26,10 +26,13 @@ from consumer.applier import Applier, ApplierConfig
 from consumer.sequencing import Position
 from consumer.store import Incoming, csv_buffer, rows_of
 from pipeline.admin import TopicSpec, ensure_topics
+from pipeline.backpressure import produce_with_backpressure
 from pipeline.codec import decode_record, encode
 from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
+from pipeline.ownership import initially_owned
+from pipeline.stats import percentile
 from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
 
@@ -81,12 +84,7 @@ def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
     payloads = _events(source_dc, count)
     producer = Producer(kafka.producer())
     for value in payloads:
-        while True:
-            try:
-                producer.produce(topic, value=value, partition=0)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_with_backpressure(producer, topic, value=value, partition=0)
     if producer.flush(120) != 0:
         raise PipelineError("the benchmark's events were not all acknowledged")
     fetch_all(site.database, "DELETE FROM replication_state WHERE shard = %s", (_BENCH_SHARD,))
@@ -169,17 +167,13 @@ def bench_replication_delay(
     A relay (owner) and an applier (replica) run as worker processes, MirrorMaker 2 between.
     Per event: the replica row's ``applied_at`` minus the time the writer's commit returned.
     """
-    shards = [
-        s
-        for s in range(topology.shard_count)
-        if topology.initial_owner(s) == owner and replica in topology.replica_list(s)
-    ]
+    shards = [s for s in initially_owned(topology, owner) if replica in topology.replica_list(s)]
     workers = [
         subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "pipeline.cli",
+                "cli",
                 "--log-level",
                 "warning",
                 "worker",
@@ -227,12 +221,12 @@ def bench_replication_delay(
         raise PipelineError(
             f"only {len(applied)} of {len(committed)} events reached {replica} in 120 s"
         )
-    ms = sorted((applied[k] - t) * 1000 for k, t in committed.items())
+    ms = [(applied[k] - t) * 1000 for k, t in committed.items()]
     return ReplicationDelay(
         min(rate, achieved),
         seconds,
         len(ms),
-        ms[len(ms) // 2],
-        ms[min(len(ms) - 1, int(len(ms) * 0.99))],
-        ms[-1],
+        percentile(ms, 0.5),
+        percentile(ms, 0.99),
+        max(ms, default=float("nan")),
     )
