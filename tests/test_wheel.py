@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -33,8 +34,15 @@ def _pip(*args: str) -> None:
 
 @pytest.mark.slow
 def test_a_wheel_installed_outside_the_checkout_decodes_an_event(tmp_path: Path) -> None:
+    # Built from a copy of the sources: setuptools writes build/ and *.egg-info beside them.
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO,
+        source,
+        ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "tests"),
+    )
     dist = tmp_path / "dist"
-    _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dist), str(REPO))
+    _pip("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dist), str(source))
     (wheel,) = dist.glob("coopr_pipeline-*.whl")
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
