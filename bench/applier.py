@@ -12,8 +12,6 @@ is the replica row's ``applied_at`` minus the time the owner's commit returned.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,6 +20,7 @@ from dataclasses import dataclass
 from confluent_kafka import Producer
 
 from bench.load import event_for, publish_at_rate
+from bench.workers import start_worker
 from consumer.applier import Applier, ApplierConfig
 from consumer.sequencing import Position
 from consumer.store import Incoming, csv_buffer, rows_of
@@ -32,6 +31,7 @@ from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
 from pipeline.ownership import initially_owned
+from pipeline.stack.processes import stop
 from pipeline.stats import percentile
 from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
@@ -169,23 +169,7 @@ def bench_replication_delay(
     """
     shards = [s for s in initially_owned(topology, owner) if replica in topology.replica_list(s)]
     workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cli",
-                "--log-level",
-                "warning",
-                "worker",
-                kind,
-                "--dc",
-                dc,
-                "--topology",
-                topology.source,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        for kind, dc in (("relay", owner), ("applier", replica))
+        start_worker(kind, dc, topology) for kind, dc in (("relay", owner), ("applier", replica))
     ]
 
     def wait_applied(committed: dict[str, float], timeout_s: float) -> dict[str, float]:
@@ -215,8 +199,7 @@ def bench_replication_delay(
         applied = wait_applied(committed, 120)
     finally:
         for w in workers:
-            w.terminate()
-            w.wait(30)
+            stop(w)
     if len(applied) < len(committed):
         raise PipelineError(
             f"only {len(applied)} of {len(committed)} events reached {replica} in 120 s"

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -25,6 +23,7 @@ from confluent_kafka import Producer
 
 from bench.codec import sample_operation_completed
 from bench.load import publish_at_rate
+from bench.workers import start_worker
 from pipeline.admin import TopicSpec, ensure_topics, high_watermark
 from pipeline.backpressure import produce_with_backpressure
 from pipeline.codec import encode
@@ -32,6 +31,7 @@ from pipeline.db import connect
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
 from pipeline.ownership import initially_owned
+from pipeline.stack.processes import stop
 from pipeline.stats import percentile
 from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
@@ -182,24 +182,7 @@ def bench_relay_latency(
     the time its writer's commit returned.
     """
     site = topology.dc(dc)
-    relay = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cli",
-            "--log-level",
-            "warning",
-            "worker",
-            "relay",
-            "--dc",
-            dc,
-            "--topology",
-            topology.source,
-            "--poll-interval",
-            "0.5",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    relay = start_worker("relay", dc, topology, "--poll-interval", "0.5")
     try:
         # Warm-up: a few events through the relay, so its start is not measured.
         publish_at_rate(site.database, list(initially_owned(topology, dc)), rate=10, seconds=0.5)
@@ -210,8 +193,7 @@ def bench_relay_latency(
         _wait_empty(site.database, 60)
         published = dict(_published_at(site.database, list(committed)))
     finally:
-        relay.terminate()
-        relay.wait(30)
+        stop(relay)
     ms = [(published[k] - t) * 1000 for k, t in committed.items()]
     return RelayLatency(
         rate=min(rate, achieved),

@@ -28,10 +28,15 @@ from pipeline.mirrormaker import flow_topics, render_mm2_properties
 from pipeline.stack import postgres
 from pipeline.stack.kafka import java_argv, start_broker
 from pipeline.stack.processes import (
+    KAFKA,
+    MIRRORMAKER,
+    POSTGRES,
     ProcessRecord,
     StackState,
     is_running,
     port_is_free,
+    process_name,
+    role_of,
     spawn,
     stop,
 )
@@ -50,7 +55,6 @@ __all__ = ["ProcessStatus", "dc_topics", "down", "status", "up"]
 
 log = get_logger(__name__)
 
-MIRRORMAKER = "mirrormaker"
 #: Longest wait for the brokers and databases to answer after start (s).
 START_TIMEOUT_S = 120.0
 #: Longest wait for MirrorMaker 2 to create every mirrored topic (s).
@@ -132,8 +136,8 @@ def _checks(topology: Topology) -> dict[str, Callable[[], str]]:
     checks: dict[str, Callable[[], str]] = {}
     for dc in topology.dcs:
         if not dc.witness:
-            checks[f"postgres-{dc.name}"] = partial(_check_postgres, dc)
-        checks[f"kafka-{dc.name}"] = partial(_check_kafka, dc)
+            checks[process_name(POSTGRES, dc.name)] = partial(_check_postgres, dc)
+        checks[process_name(KAFKA, dc.name)] = partial(_check_kafka, dc)
     checks[MIRRORMAKER] = partial(_check_mirrors, topology)
     return checks
 
@@ -176,8 +180,9 @@ def _check_ports(topology: Topology, state: StackState) -> None:
     wanted: list[tuple[str, int]] = []
     for dc in topology.dcs:
         if not dc.witness:
-            wanted.append((f"postgres-{dc.name}", dc.database_port))
-        wanted += [(f"kafka-{dc.name}", dc.kafka_port), (f"kafka-{dc.name}", dc.kafka_port + 1)]
+            wanted.append((process_name(POSTGRES, dc.name), dc.database_port))
+        kafka = process_name(KAFKA, dc.name)
+        wanted += [(kafka, dc.kafka_port), (kafka, dc.kafka_port + 1)]
     for name, port in wanted:
         record = state.processes.get(name)
         if (record is None or not is_running(record)) and not port_is_free(port):
@@ -220,14 +225,11 @@ def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
     starts: list[tuple[str, Callable[[], ProcessRecord]]] = []
     for dc in topology.dcs:
         if not dc.witness:
-            pg_log = logs / f"postgres-{dc.name}.log"
-            starts.append(
-                (f"postgres-{dc.name}", partial(postgres.start_postgres, run_dir, dc, pg_log))
-            )
-        kafka_log = logs / f"kafka-{dc.name}.log"
-        starts.append(
-            (f"kafka-{dc.name}", partial(start_broker, dc, run_dir / "kafka" / dc.name, kafka_log))
-        )
+            pg = process_name(POSTGRES, dc.name)
+            starts.append((pg, partial(postgres.start_postgres, run_dir, dc, logs / f"{pg}.log")))
+        kafka = process_name(KAFKA, dc.name)
+        kafka_dir = run_dir / "kafka" / dc.name
+        starts.append((kafka, partial(start_broker, dc, kafka_dir, logs / f"{kafka}.log")))
     # initdb and the Kafka storage format take seconds each: run them side by side.
     with ThreadPoolExecutor(max_workers=len(starts)) as pool:
         for future in [pool.submit(ensure, name, start) for name, start in starts]:
@@ -298,15 +300,15 @@ def down(run_dir: Path, *, wipe: bool = False) -> list[str]:
     stopped = []
     for group in (
         [r for r in records if r.name == MIRRORMAKER],
-        [r for r in records if r.name.startswith("kafka-")],
-        [r for r in records if r.name.startswith("postgres-")],
+        [r for r in records if role_of(r.name) == KAFKA],
+        [r for r in records if role_of(r.name) == POSTGRES],
     ):
         # PostgreSQL's SIGINT is its fast shutdown; SIGTERM would wait for every client.
         with ThreadPoolExecutor(max_workers=max(1, len(group))) as pool:
             list(
                 pool.map(
                     lambda r: stop(
-                        r, sig=signal.SIGINT if r.name.startswith("postgres-") else signal.SIGTERM
+                        r, sig=signal.SIGINT if role_of(r.name) == POSTGRES else signal.SIGTERM
                     ),
                     group,
                 )
