@@ -249,7 +249,7 @@ def _explain(writer: _Writer, record: Mapping[str, Any], exc: Exception) -> str:
 _INT_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 
 
-def _compile(
+def _compile(  # noqa: C901 - one branch per Avro type, as the specification lists them
     schema: Any, named: Mapping[str, Any], done: dict[str, _Check | None]
 ) -> _Check | None:
     """A check for what fastavro's writer would accept but write wrongly; None if nothing.

@@ -290,7 +290,7 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _read_problems(
+def _read_problems(  # noqa: C901 - the specification's resolution rules, one branch each
     reader: Any,
     writer: Any,
     rnamed: Mapping[str, Any],

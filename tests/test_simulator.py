@@ -293,7 +293,7 @@ def _owned(topology: Topology) -> dict[str, set[int]]:
     return {dc.name: {s for (s,) in _query(topology, dc.name, sql)} for dc in topology.data_dcs}
 
 
-def _check_run(
+def _check_run(  # noqa: C901 - every invariant a run must keep, checked in one place
     topology: Topology, marks: _Marks, steps_before: dict[str, int], stats: SimulationStats
 ) -> list[_Row]:
     """What every run must leave behind; returns the outbox rows the run added."""

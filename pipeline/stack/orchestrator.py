@@ -189,13 +189,11 @@ def _check_ports(topology: Topology, state: StackState) -> None:
             raise PortInUseError(port, name)
 
 
-def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
-    """Start whatever of the stack is not running yet and wait until all of it is healthy."""
-    run_dir = run_dir.resolve()
-    topology_path = topology_path.resolve()
-    topology = load_topology(topology_path)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    java(), kafka_classpath(), pg_bindir()  # each names what is missing, before anything starts
+def _state_for(run_dir: Path, topology_path: Path) -> StackState:
+    """The saved state of ``run_dir`` if it runs ``topology_path``, else a fresh one.
+
+    Raises :class:`StackError` while processes of another topology still run there.
+    """
     state = StackState.load(run_dir)
     if state is not None and state.topology != str(topology_path):
         if any(is_running(p) for p in state.processes.values()):
@@ -204,8 +202,43 @@ def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
                 f"run `coopr-pipeline stack down --run-dir {run_dir}` before using {topology_path}"
             )
         state = None
-    if state is None:
-        state = StackState(topology=str(topology_path))
+    return state if state is not None else StackState(topology=str(topology_path))
+
+
+def _server_starts(
+    topology: Topology, run_dir: Path, logs: Path
+) -> list[tuple[str, Callable[[], ProcessRecord]]]:
+    """How to start each DC's PostgreSQL (not for witnesses) and broker, by process name."""
+    starts: list[tuple[str, Callable[[], ProcessRecord]]] = []
+    for dc in topology.dcs:
+        if not dc.witness:
+            pg = process_name(POSTGRES, dc.name)
+            starts.append((pg, partial(postgres.start_postgres, run_dir, dc, logs / f"{pg}.log")))
+        kafka = process_name(KAFKA, dc.name)
+        kafka_dir = run_dir / "kafka" / dc.name
+        starts.append((kafka, partial(start_broker, dc, kafka_dir, logs / f"{kafka}.log")))
+    return starts
+
+
+def _prepare_dcs(topology: Topology) -> None:
+    """Create and migrate every data DC's database, and every DC's local topics."""
+    for dc in topology.dcs:
+        if not dc.witness:
+            postgres.create_database(dc)
+            applied = prepare(topology, dc.name)
+            log.info("database ready", dc=dc.name, migrations_applied=[m.version for m in applied])
+        created = ensure_topics(_kafka(dc), dc_topics(topology, dc))
+        log.info("topics ready", dc=dc.name, created=len(created))
+
+
+def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
+    """Start whatever of the stack is not running yet and wait until all of it is healthy."""
+    run_dir = run_dir.resolve()
+    topology_path = topology_path.resolve()
+    topology = load_topology(topology_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    java(), kafka_classpath(), pg_bindir()  # each names what is missing, before anything starts
+    state = _state_for(run_dir, topology_path)
     logs = run_dir / "logs"
     _check_ports(topology, state)
 
@@ -222,14 +255,7 @@ def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
             state.processes[name] = started
             state.save(run_dir)
 
-    starts: list[tuple[str, Callable[[], ProcessRecord]]] = []
-    for dc in topology.dcs:
-        if not dc.witness:
-            pg = process_name(POSTGRES, dc.name)
-            starts.append((pg, partial(postgres.start_postgres, run_dir, dc, logs / f"{pg}.log")))
-        kafka = process_name(KAFKA, dc.name)
-        kafka_dir = run_dir / "kafka" / dc.name
-        starts.append((kafka, partial(start_broker, dc, kafka_dir, logs / f"{kafka}.log")))
+    starts = _server_starts(topology, run_dir, logs)
     # initdb and the Kafka storage format take seconds each: run them side by side.
     with ThreadPoolExecutor(max_workers=len(starts)) as pool:
         for future in [pool.submit(ensure, name, start) for name, start in starts]:
@@ -237,13 +263,7 @@ def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
     checks = _checks(topology)
     _wait_healthy(state, [n for n in checks if n != MIRRORMAKER], checks, START_TIMEOUT_S)
 
-    for dc in topology.dcs:
-        if not dc.witness:
-            postgres.create_database(dc)
-            applied = prepare(topology, dc.name)
-            log.info("database ready", dc=dc.name, migrations_applied=[m.version for m in applied])
-        created = ensure_topics(_kafka(dc), dc_topics(topology, dc))
-        log.info("topics ready", dc=dc.name, created=len(created))
+    _prepare_dcs(topology)
 
     mm2_config = run_dir / "mirrormaker" / "mm2.properties"
     rendered = render_mm2_properties(topology)
