@@ -1,7 +1,8 @@
 """coopr-pipeline: multi-datacenter replication for Coopr over Kafka and MirrorMaker 2.
 
-The shared runtime of the producer and consumer sides: topology, topic names, Kafka client
-settings, the event contract, logging, the local stack and the ``coopr-pipeline`` CLI.
+The shared runtime of every other package: the event contract (events, schemas, codec),
+topology, shards and topic names, Kafka and database helpers, logging, metrics, the local
+stack. It imports none of them (``make lint`` checks the layers).
 """
 
 from pipeline.errors import PipelineError

@@ -1,8 +1,7 @@
-"""Thin helpers over confluent_kafka's AdminClient: reachability and topic creation."""
+"""Thin helpers over confluent_kafka's AdminClient: topic listing and creation, watermarks."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -15,7 +14,7 @@ from confluent_kafka.cimpl import NewTopic
 from pipeline.errors import UnreachableError
 from pipeline.kafka_config import KafkaSettings
 
-__all__ = ["TopicSpec", "ensure_topics", "high_watermark", "list_topics", "wait_until_reachable"]
+__all__ = ["TopicSpec", "ensure_topics", "high_watermark", "list_topics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,19 +37,6 @@ def list_topics(settings: KafkaSettings, timeout_s: float = 5.0) -> set[str]:
             f"Kafka at {settings.bootstrap_servers} did not answer within {timeout_s:g} s: {e}"
         ) from None
     return set(metadata.topics)
-
-
-def wait_until_reachable(settings: KafkaSettings, timeout_s: float) -> None:
-    """Poll the cluster's metadata until it answers, for at most ``timeout_s`` seconds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            list_topics(settings, timeout_s=min(2.0, max(0.1, deadline - time.monotonic())))
-            return
-        except UnreachableError:
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.2)
 
 
 def ensure_topics(

@@ -18,7 +18,7 @@ Guarantees:
   array belongs, naive datetimes, missing or unknown fields of a record).
 - Schemas are parsed, fingerprinted and turned into headers once, when the codec is built.
 
-The module functions use one :class:`Codec` over :func:`pipeline.schemas.registry`, built on
+The module functions use one :class:`Codec` over :func:`pipeline.schemas.catalog`, built on
 first use.
 """
 
@@ -43,7 +43,7 @@ from pipeline.errors import (
     UnknownFingerprintError,
 )
 from pipeline.events import EVENT_TYPES, Event
-from pipeline.schemas import SchemaRegistry, SchemaVersion, registry
+from pipeline.schemas import SchemaCatalog, SchemaVersion, catalog
 
 __all__ = [
     "HEADER_SIZE",
@@ -94,14 +94,14 @@ class _Reader:
 
 
 class Codec:
-    """Encoder and decoder over the versions of one :class:`SchemaRegistry`.
+    """Encoder and decoder over the versions of one :class:`SchemaCatalog`.
 
     Thread-safe: it holds no per-call state.
     """
 
     __slots__ = ("_readers", "_writers")
 
-    def __init__(self, schemas: SchemaRegistry) -> None:
+    def __init__(self, schemas: SchemaCatalog) -> None:
         self._writers: dict[str, _Writer] = {}
         self._readers: dict[bytes, _Reader] = {}
         for record in schemas.records():
@@ -191,7 +191,7 @@ class Codec:
 @functools.cache
 def default_codec() -> Codec:
     """The codec over the default schema directory, built on first use."""
-    return Codec(registry())
+    return Codec(catalog())
 
 
 def encode(event: Event) -> bytes:
@@ -249,7 +249,7 @@ def _explain(writer: _Writer, record: Mapping[str, Any], exc: Exception) -> str:
 _INT_RANGES = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 
 
-def _compile(
+def _compile(  # noqa: C901 - one branch per Avro type, as the specification lists them
     schema: Any, named: Mapping[str, Any], done: dict[str, _Check | None]
 ) -> _Check | None:
     """A check for what fastavro's writer would accept but write wrongly; None if nothing.

@@ -1,11 +1,8 @@
-"""Kafka client settings: one frozen object, turned into librdkafka's dotted dict in one place.
-
-Secrets (``sasl_password``) never appear in ``repr`` or logs.
-"""
+"""Kafka client settings: one frozen object, turned into librdkafka's dotted dict in one place."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = ["ClientConfig", "KafkaSettings"]
 
@@ -25,29 +22,17 @@ class KafkaSettings:
     bootstrap_servers: str
     client_id: str = "coopr-pipeline"
     security_protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_username: str | None = None
-    sasl_password: str | None = field(default=None, repr=False)
-    ssl_ca_location: str | None = None
     request_timeout_ms: int = 10_000
     log_level: int = 3
 
     def common(self) -> ClientConfig:
         """Settings every client (producer, consumer, admin) shares."""
-        conf: ClientConfig = {
+        return {
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
             "security.protocol": self.security_protocol,
             "log_level": self.log_level,
         }
-        optional = {
-            "sasl.mechanism": self.sasl_mechanism,
-            "sasl.username": self.sasl_username,
-            "sasl.password": self.sasl_password,
-            "ssl.ca.location": self.ssl_ca_location,
-        }
-        conf.update({k: v for k, v in optional.items() if v is not None})
-        return conf
 
     def admin(self) -> ClientConfig:
         """An AdminClient's settings."""

@@ -10,6 +10,7 @@ import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -21,7 +22,11 @@ HealthFn = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class ObservabilityServer:
-    """Serves /metrics and /healthz on ``host:port`` (port 0: any free port) in a daemon thread."""
+    """Serves /metrics and /healthz on ``host:port`` (port 0: any free port) in a daemon thread.
+
+    Loopback by default: the endpoints have no authentication. A context manager: leaving the
+    block stops the server and frees the port.
+    """
 
     def __init__(self, health: HealthFn, *, port: int = 0, host: str = "127.0.0.1"):
         class Handler(BaseHTTPRequestHandler):
@@ -48,6 +53,11 @@ class ObservabilityServer:
         self._thread.start()
 
     @property
+    def host(self) -> str:
+        """The address listened on."""
+        return str(self._server.server_address[0])
+
+    @property
     def port(self) -> int:
         """The port actually bound."""
         return int(self._server.server_address[1])
@@ -55,3 +65,14 @@ class ObservabilityServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def __enter__(self) -> ObservabilityServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -13,7 +13,14 @@ from psycopg2.extras import execute_values
 
 from pipeline.topology import Topology
 
-__all__ = ["INITIAL_EPOCH", "OWNERSHIP_CHANNEL", "ShardOwner", "read_ownership", "seed_ownership"]
+__all__ = [
+    "INITIAL_EPOCH",
+    "OWNERSHIP_CHANNEL",
+    "ShardOwner",
+    "initially_owned",
+    "read_ownership",
+    "seed_ownership",
+]
 
 INITIAL_EPOCH = 1
 #: NOTIFY channel (payload: the shard) when a shard's owner, epoch or writability changes.
@@ -28,6 +35,11 @@ class ShardOwner:
     owner_dc: str
     epoch: int
     writable: bool
+
+
+def initially_owned(topology: Topology, dc: str) -> tuple[int, ...]:
+    """The shards ``dc`` owns before any failover (what a fresh stack lets it publish)."""
+    return tuple(s for s in range(topology.shard_count) if topology.initial_owner(s) == dc)
 
 
 def seed_ownership(conn: psycopg2.extensions.connection, topology: Topology, dc: str) -> int:

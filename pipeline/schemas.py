@@ -1,12 +1,14 @@
 """The shipped Avro schemas: every version of every record, loaded once, found by fingerprint.
 
 Layout (see ``schemas/README.md``): ``schemas/<Record>/v<N>.avsc``, versions numbered from 1
-without gaps. The directory is ``schemas/`` beside the ``pipeline`` package (the package is
-installed editable from the repository), or the directory named by ``COOPR_SCHEMA_DIR``.
+without gaps. The files are package data of the ``schemas`` package, found with
+:mod:`importlib.resources` in any install (editable or a wheel), or the directory named by
+``COOPR_SCHEMA_DIR``.
 
 Each version is parsed with fastavro once; its parsing canonical form and CRC-64-AVRO
-fingerprint are computed once. :func:`registry` loads the default directory on first use and
-returns the same :class:`SchemaRegistry` afterwards.
+fingerprint are computed once. :func:`catalog` loads the default directory on first use and
+returns the same :class:`SchemaCatalog` afterwards. The catalogue is local files, not a schema
+registry service: every version ships with the code, so no DC depends on a registry.
 
 The compatibility check follows the Avro specification's schema resolution rules structurally:
 ``check_full_compatibility(older, newer)`` passes only when ``newer`` reads everything ``older``
@@ -17,11 +19,13 @@ wrote and ``older`` reads everything ``newer`` writes, and otherwise raises
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +37,13 @@ from pipeline.errors import IncompatibleSchemaError, SchemaError
 __all__ = [
     "NAMESPACE",
     "SCHEMA_DIR_ENV",
-    "SchemaRegistry",
+    "SchemaCatalog",
     "SchemaVersion",
+    "catalog",
     "check_full_compatibility",
     "check_shipped_schemas",
     "load_schemas",
     "parse_version",
-    "registry",
     "schema_dir",
 ]
 
@@ -48,6 +52,10 @@ SCHEMA_DIR_ENV = "COOPR_SCHEMA_DIR"
 #: Avro namespace of every shipped record and of the named types inside them.
 NAMESPACE = "co.cask.coopr.replication"
 
+#: The package whose data files are the shipped schemas.
+_SCHEMA_PACKAGE = "schemas"
+# Folders of the schema package that are not records: Python's bytecode cache of its face.
+_NOT_RECORDS = frozenset({"__pycache__"})
 _VERSION_FILE = re.compile(r"v([1-9][0-9]*)\.avsc")
 _PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 # What a reader of the key type accepts from a writer of each value type (Avro spec, "Schema
@@ -73,7 +81,7 @@ class SchemaVersion:
 
     record: str
     version: int
-    path: Path
+    path: Traversable
     raw: Mapping[str, Any]
     schema: dict[str, Any]
     named: Mapping[str, Any]
@@ -86,7 +94,7 @@ class SchemaVersion:
         return f"{self.record} v{self.version}"
 
 
-class SchemaRegistry:
+class SchemaCatalog:
     """Every loaded version of every record; immutable once built.
 
     Raises :class:`SchemaError` when two versions share a fingerprint (a version that changes
@@ -141,16 +149,16 @@ class SchemaRegistry:
             yield from self._by_record[record]
 
 
-def schema_dir() -> Path:
-    """Where the schemas are read from: ``$COOPR_SCHEMA_DIR`` or ``schemas/`` in the repo."""
+def schema_dir() -> Traversable:
+    """Where the schemas are read from: ``$COOPR_SCHEMA_DIR`` or the ``schemas`` package."""
     override = os.environ.get(SCHEMA_DIR_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "schemas"
+    return importlib.resources.files(_SCHEMA_PACKAGE)
 
 
 def parse_version(
-    raw: Mapping[str, Any], *, record: str, version: int, path: Path
+    raw: Mapping[str, Any], *, record: str, version: int, path: Traversable
 ) -> SchemaVersion:
     """Parse one schema's JSON into a :class:`SchemaVersion`; raises :class:`SchemaError`."""
     named: dict[str, Any] = {}
@@ -180,18 +188,20 @@ def parse_version(
     )
 
 
-def load_schemas(directory: Path | None = None) -> SchemaRegistry:
+def load_schemas(directory: Traversable | None = None) -> SchemaCatalog:
     """Read and parse every ``<Record>/v<N>.avsc`` under ``directory`` (default :func:`schema_dir`).
 
-    Files directly in ``directory`` (the README) are ignored; any other file inside a record's
-    directory is an error, so a misnamed version is never silently skipped.
+    Files directly in ``directory`` (the README, the package's ``__init__.py``) and its
+    ``__pycache__`` are ignored; any other file inside a record's directory is an error, so a
+    misnamed version is never silently skipped.
     """
     root = directory if directory is not None else schema_dir()
     if not root.is_dir():
         raise SchemaError(f"schema directory {root} does not exist (set {SCHEMA_DIR_ENV})")
     versions: list[SchemaVersion] = []
-    for record_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(record_dir.iterdir()):
+    records = (p for p in root.iterdir() if p.is_dir() and p.name not in _NOT_RECORDS)
+    for record_dir in sorted(records, key=lambda p: p.name):
+        for path in sorted(record_dir.iterdir(), key=lambda p: p.name):
             m = _VERSION_FILE.fullmatch(path.name)
             if m is None:
                 raise SchemaError(f"{path} is not named v<N>.avsc")
@@ -206,11 +216,11 @@ def load_schemas(directory: Path | None = None) -> SchemaRegistry:
             )
     if not versions:
         raise SchemaError(f"schema directory {root} holds no <Record>/v<N>.avsc files")
-    return SchemaRegistry(versions)
+    return SchemaCatalog(versions)
 
 
 @functools.cache
-def registry() -> SchemaRegistry:
+def catalog() -> SchemaCatalog:
     """The schemas of :func:`schema_dir`, loaded on first call and shared afterwards."""
     return load_schemas()
 
@@ -235,14 +245,14 @@ def check_full_compatibility(older: SchemaVersion, newer: SchemaVersion) -> None
         )
 
 
-def check_shipped_schemas(schemas: SchemaRegistry | None = None) -> int:
+def check_shipped_schemas(schemas: SchemaCatalog | None = None) -> int:
     """Check the rules of ``schemas/README.md`` on every shipped version; return pairs checked.
 
     Every record, field and enum has a ``doc``, and every pair of versions of a record is
     fully compatible (transitively, not only neighbours). Raises :class:`SchemaError` or
     :class:`IncompatibleSchemaError` at the first violation.
     """
-    schemas = schemas if schemas is not None else registry()
+    schemas = schemas if schemas is not None else catalog()
     pairs = 0
     for record in schemas.records():
         versions = schemas.versions(record)
@@ -280,7 +290,7 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _read_problems(
+def _read_problems(  # noqa: C901 - the specification's resolution rules, one branch each
     reader: Any,
     writer: Any,
     rnamed: Mapping[str, Any],

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pipeline.errors import TopicNameError
 
 __all__ = [
+    "DC_NAME_PATTERN",
     "DLQ_TOPIC",
     "HEARTBEAT_TOPIC",
     "MAX_EVENT_BYTES",
@@ -23,9 +24,9 @@ __all__ = [
     "SHARD_MAX_MESSAGE_BYTES",
     "SHARD_PREFIX",
     "MirroredShard",
+    "is_dc_name",
     "mirrored",
     "parse_mirrored_shard",
-    "shard_of_topic",
     "shard_topic",
 ]
 
@@ -44,9 +45,12 @@ SHARD_MAX_MESSAGE_BYTES = 1_048_588
 #: Topics that flow between every pair of DCs, whatever the shard layout.
 MIRRORED_TOPICS = (HEARTBEAT_TOPIC, OWNERSHIP_TOPIC, PROBE_TOPIC)
 
-_DC_NAME = r"[a-z][a-z0-9-]*"
-_SHARD_RE = re.compile(r"coopr\.shard\.(\d{2,3})")
-_MIRRORED_SHARD_RE = re.compile(rf"({_DC_NAME})\.coopr\.shard\.(\d{{2,3}})")
+#: The one rule for DC names: lower case letters, digits and '-', a letter first, at most 31
+#: characters. It lives with the topic names because a DC name is the prefix MirrorMaker 2
+#: puts on every copy, and the ``.`` it appends must stay the only separator.
+DC_NAME_PATTERN = r"[a-z][a-z0-9-]{0,30}"
+_DC_NAME = re.compile(DC_NAME_PATTERN)
+_MIRRORED_SHARD_RE = re.compile(rf"({DC_NAME_PATTERN})\.coopr\.shard\.(\d{{2,3}})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,11 @@ class MirroredShard:
 
     source_dc: str
     shard: int
+
+
+def is_dc_name(name: str) -> bool:
+    """Whether ``name`` follows :data:`DC_NAME_PATTERN`."""
+    return _DC_NAME.fullmatch(name) is not None
 
 
 def shard_topic(shard: int) -> str:
@@ -68,17 +77,9 @@ def mirrored(source_dc: str, topic: str) -> str:
     """The name MirrorMaker 2 gives in other DCs to ``topic`` of ``source_dc``."""
     if topic == DLQ_TOPIC:
         raise TopicNameError(f"{DLQ_TOPIC} is local to its DC and is never mirrored")
-    if not re.fullmatch(_DC_NAME, source_dc):
+    if not is_dc_name(source_dc):
         raise TopicNameError(f"{source_dc!r} is not a DC name (lower case, digits, '-')")
     return f"{source_dc}.{topic}"
-
-
-def shard_of_topic(topic: str) -> int:
-    """The shard of a local shard topic; raises :class:`TopicNameError` for any other name."""
-    m = _SHARD_RE.fullmatch(topic)
-    if m is None:
-        raise TopicNameError(f"{topic!r} is not a local shard topic (coopr.shard.NN)")
-    return int(m.group(1))
 
 
 def parse_mirrored_shard(topic: str) -> MirroredShard:

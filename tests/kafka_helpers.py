@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.admin import (
@@ -24,23 +24,26 @@ def produce_one(
     *,
     key: bytes,
     value: bytes,
-    headers: list[tuple[str, bytes]] | None = None,
+    headers: Sequence[tuple[str, bytes]] = (),
     timestamp_ms: int | None = None,
 ) -> tuple[int, int]:
     """Produce one record and wait for its acknowledgement; returns (partition, offset)."""
     producer = Producer(settings.producer())
     delivered: list[Message] = []
+    sent_headers: list[tuple[str, str | bytes | None]] = list(headers)
     producer.produce(
         topic,
         key=key,
         value=value,
-        headers=headers or [],
+        headers=sent_headers,
         timestamp=timestamp_ms or 0,
         on_delivery=lambda err, msg: delivered.append(msg) if err is None else None,
     )
     assert producer.flush(15) == 0, "the record was not acknowledged within 15 s"
     assert delivered, "the broker refused the record"
-    return delivered[0].partition(), delivered[0].offset()
+    partition, offset = delivered[0].partition(), delivered[0].offset()
+    assert partition is not None and offset is not None, "an acknowledged record has both"
+    return partition, offset
 
 
 def consume_until(
@@ -74,7 +77,7 @@ def read_to_end(settings: KafkaSettings, topic: str, start: int, timeout_s: floa
     records: list[Message] = []
     deadline = time.monotonic() + timeout_s
     try:
-        while (not records or records[-1].offset() < end - 1) and end > start:
+        while (not records or (records[-1].offset() or 0) < end - 1) and end > start:
             assert time.monotonic() < deadline, f"{topic}: read {len(records)} of {end - start}"
             msg = consumer.poll(0.5)
             if msg is not None and not msg.error():

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from pipeline.bench.load import event_for
+from bench.load import event_for
 from pipeline.db import connect
 from pipeline.shards import shard_of
 from producer.outbox import Published, publish

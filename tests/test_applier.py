@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from confluent_kafka import Producer
 
+from bench.load import event_for
 from consumer.applier import Applier, ApplierConfig
 from pipeline.admin import TopicSpec, ensure_topics, high_watermark
-from pipeline.bench.load import event_for
 from pipeline.codec import encode
 from pipeline.db import connect, fetch_all
 from pipeline.events import RestartCheckpoint

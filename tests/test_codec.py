@@ -16,8 +16,8 @@ from fastavro import schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.codec import sample_heartbeat, sample_operation_completed
 from pipeline import codec
-from pipeline.bench.codec import sample_heartbeat, sample_operation_completed
 from pipeline.errors import (
     CodecError,
     CorruptBodyError,
@@ -27,10 +27,10 @@ from pipeline.errors import (
     UnknownFingerprintError,
 )
 from pipeline.events import Event, OperationCompleted
-from pipeline.schemas import SchemaVersion, load_schemas, registry
+from pipeline.schemas import SchemaVersion, catalog, load_schemas
 from tests.strategies import events, heartbeats, operation_completed
 
-V1, V2 = registry().versions("OperationCompleted")
+V1, V2 = catalog().versions("OperationCompleted")
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -97,7 +97,7 @@ def test_a_v1_reader_reads_v2_messages(event: OperationCompleted) -> None:
 @given(events)
 def test_apache_avro_reads_the_codecs_bodies(event: Event) -> None:
     message = codec.encode(event)
-    schema = avro_schema(registry().latest(event.RECORD_NAME))
+    schema = avro_schema(catalog().latest(event.RECORD_NAME))
     decoder = avro.io.BinaryDecoder(io.BytesIO(message[10:]))
     assert avro.io.DatumReader(schema).read(decoder) == event.to_record()
 
@@ -105,7 +105,7 @@ def test_apache_avro_reads_the_codecs_bodies(event: Event) -> None:
 @settings(max_examples=50, deadline=None)
 @given(events)
 def test_the_codec_reads_apache_avro_bodies(event: Event) -> None:
-    version = registry().latest(event.RECORD_NAME)
+    version = catalog().latest(event.RECORD_NAME)
     buf = io.BytesIO()
     buf.write(codec.MAGIC + version.fingerprint)
     avro.io.DatumWriter(avro_schema(version)).write(event.to_record(), avro.io.BinaryEncoder(buf))
@@ -133,7 +133,7 @@ def test_random_bytes(data: bytes) -> None:
 
 
 @FUZZ
-@given(st.sampled_from([v.fingerprint for v in registry()]), st.binary(max_size=256))
+@given(st.sampled_from([v.fingerprint for v in catalog()]), st.binary(max_size=256))
 def test_random_bodies_behind_a_valid_header(fingerprint: bytes, body: bytes) -> None:
     _assert_decodes_or_codec_error(codec.MAGIC + fingerprint + body)
 
@@ -259,7 +259,7 @@ def test_encoding_a_dataclass_with_a_wrong_type_is_refused() -> None:
 
 
 def test_a_record_without_an_event_class_decodes_only_as_a_dict(tmp_path: Path) -> None:
-    extra = {**registry().latest("Heartbeat").raw, "name": "Extra"}
+    extra = {**catalog().latest("Heartbeat").raw, "name": "Extra"}
     (tmp_path / "Extra").mkdir()
     (tmp_path / "Extra" / "v1.avsc").write_text(json.dumps(extra))
     own = codec.Codec(load_schemas(tmp_path))
@@ -291,7 +291,7 @@ def test_module_functions_use_one_default_codec(event: Event) -> None:
 def test_schema_features_the_codec_cannot_guard_are_refused(
     tmp_path: Path, field_type: Any, message: str
 ) -> None:
-    schema = {**registry().latest("Heartbeat").raw}
+    schema = {**catalog().latest("Heartbeat").raw}
     schema["fields"] = [*schema["fields"], {"name": "x", "type": field_type, "doc": "x"}]
     (tmp_path / "Heartbeat").mkdir()
     (tmp_path / "Heartbeat" / "v1.avsc").write_text(json.dumps(schema))

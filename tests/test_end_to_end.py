@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from tests.workers import WorkerProcess
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 
-def rows(dsn: str, sql: str, *args: object) -> list[tuple]:
+def rows(dsn: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
     return fetch_all(dsn, sql, args)
 
 
@@ -49,7 +50,7 @@ def workers() -> Iterator[list[WorkerProcess]]:
             w.kill()
 
 
-def test_replicas_equal_owners_after_kills_and_a_database_restart(
+def test_replicas_equal_owners_after_kills_and_a_database_restart(  # noqa: C901 - one scenario in order
     stack: RunningStack, workers: list[WorkerProcess]
 ) -> None:
     topology, run_for = stack.topology, 24

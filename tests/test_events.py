@@ -23,7 +23,7 @@ from pipeline.events import (
     Task,
     TaskStatus,
 )
-from pipeline.schemas import registry
+from pipeline.schemas import catalog
 from tests.strategies import events
 
 NESTED = {"Cluster": Cluster, "Job": Job, "Task": Task, "Node": Node}
@@ -40,14 +40,14 @@ ENUMS: list[type[enum.Enum]] = [
 def _named_types() -> dict[str, dict[str, Any]]:
     """Every named type of the latest versions, by short name."""
     found: dict[str, dict[str, Any]] = {}
-    for record in registry().records():
-        for full_name, schema in registry().latest(record).named.items():
+    for record in catalog().records():
+        for full_name, schema in catalog().latest(record).named.items():
             found[full_name.rsplit(".", 1)[-1]] = schema
     return found
 
 
 def test_every_record_has_an_event_class() -> None:
-    assert set(EVENT_TYPES) == set(registry().records())
+    assert set(EVENT_TYPES) == set(catalog().records())
 
 
 @pytest.mark.parametrize("name", sorted(EVENT_TYPES) + sorted(NESTED))

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.load import event_for
 from pipeline.admin import high_watermark
-from pipeline.bench.load import event_for
 from pipeline.codec import decode
 from pipeline.db import connect, fetch_all
 from pipeline.errors import (

@@ -14,11 +14,11 @@ from pipeline.schemas import (
     NAMESPACE,
     SCHEMA_DIR_ENV,
     SchemaVersion,
+    catalog,
     check_full_compatibility,
     check_shipped_schemas,
     load_schemas,
     parse_version,
-    registry,
     schema_dir,
 )
 
@@ -42,7 +42,7 @@ def crc64_avro(data: bytes) -> int:
 
 
 def raw(record: str, version: int) -> dict[str, Any]:
-    return copy.deepcopy(dict(registry().versions(record)[version - 1].raw))
+    return copy.deepcopy(dict(catalog().versions(record)[version - 1].raw))
 
 
 def version_of(schema: dict[str, Any], version: int) -> SchemaVersion:
@@ -52,7 +52,7 @@ def version_of(schema: dict[str, Any], version: int) -> SchemaVersion:
 
 
 def test_every_record_is_shipped_with_its_versions() -> None:
-    schemas = registry()
+    schemas = catalog()
     assert schemas.records() == RECORDS
     assert [v.version for v in schemas.versions("OperationCompleted")] == [1, 2]
     assert schemas.latest("OperationCompleted").version == 2
@@ -67,12 +67,12 @@ def test_every_record_is_shipped_with_its_versions() -> None:
 
 def test_envelopes() -> None:
     for record in ("OperationCompleted", "RestartCheckpoint"):
-        names = [f["name"] for f in registry().latest(record).raw["fields"]]
+        names = [f["name"] for f in catalog().latest(record).raw["fields"]]
         assert names[:6] == SHARD_ENVELOPE
     for record in ("Heartbeat", "OwnershipChange"):
-        names = [f["name"] for f in registry().latest(record).raw["fields"]]
+        names = [f["name"] for f in catalog().latest(record).raw["fields"]]
         assert names[:2] == ["event_id", "occurred_at"]
-    for v in registry():
+    for v in catalog():
         occurred_at = next(f for f in v.raw["fields"] if f["name"] == "occurred_at")
         assert occurred_at["type"] == {"type": "long", "logicalType": "timestamp-millis"}
 
@@ -92,7 +92,7 @@ def test_reference_crc64_matches_known_fingerprints() -> None:
     assert crc64_avro(b'"int"').to_bytes(8, "little").hex() == "8f5c393f1ad57572"
 
 
-@pytest.mark.parametrize("version", list(registry()), ids=lambda v: v.label)
+@pytest.mark.parametrize("version", list(catalog()), ids=lambda v: v.label)
 def test_fingerprint_is_crc64_avro_of_the_canonical_form(version: SchemaVersion) -> None:
     expected = crc64_avro(version.canonical_form.encode("utf-8")).to_bytes(8, "little")
     assert version.fingerprint == expected
@@ -107,13 +107,13 @@ def test_shipped_schemas_follow_the_rules() -> None:
 
 
 def test_v1_and_v2_are_fully_compatible() -> None:
-    v1, v2 = registry().versions("OperationCompleted")
+    v1, v2 = catalog().versions("OperationCompleted")
     check_full_compatibility(v1, v2)
     check_full_compatibility(v2, v1)
 
 
 def _breaks(newer: dict[str, Any]) -> IncompatibleSchemaError:
-    older = registry().latest("OperationCompleted")
+    older = catalog().latest("OperationCompleted")
     with pytest.raises(IncompatibleSchemaError) as info:
         check_full_compatibility(older, version_of(newer, 3))
     return info.value

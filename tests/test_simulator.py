@@ -27,9 +27,11 @@ from pipeline.events import (
     TaskStatus,
 )
 from pipeline.topology import Topology, parse_topology
-from producer.jobs import (
+from simulator import (
     MAX_ATTEMPTS,
     JobPlan,
+    SimulationStats,
+    SimulatorConfig,
     checkpoint_view,
     choose_action,
     cluster_from_json,
@@ -42,9 +44,9 @@ from producer.jobs import (
     plan_from_json,
     plan_job,
     plan_to_json,
+    run_simulation,
     task_id,
 )
-from producer.simulator import SimulationStats, SimulatorConfig, run_simulation
 from tests.conftest import RunningStack
 
 _A = ProvisionerAction
@@ -291,7 +293,7 @@ def _owned(topology: Topology) -> dict[str, set[int]]:
     return {dc.name: {s for (s,) in _query(topology, dc.name, sql)} for dc in topology.data_dcs}
 
 
-def _check_run(
+def _check_run(  # noqa: C901 - every invariant a run must keep, checked in one place
     topology: Topology, marks: _Marks, steps_before: dict[str, int], stats: SimulationStats
 ) -> list[_Row]:
     """What every run must leave behind; returns the outbox rows the run added."""

@@ -25,7 +25,7 @@ from tests.kafka_helpers import consume_until, produce_one
 
 pytestmark = pytest.mark.stack
 
-CLI = [sys.executable, "-m", "pipeline.cli"]
+CLI = [sys.executable, "-m", "cli"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

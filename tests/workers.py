@@ -32,7 +32,7 @@ class WorkerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "pipeline.cli",
+                    "cli",
                     "--log-json",
                     *args,
                     "--topology",

@@ -28,10 +28,15 @@ from pipeline.mirrormaker import flow_topics, render_mm2_properties
 from pipeline.stack import postgres
 from pipeline.stack.kafka import java_argv, start_broker
 from pipeline.stack.processes import (
+    KAFKA,
+    MIRRORMAKER,
+    POSTGRES,
     ProcessRecord,
     StackState,
     is_running,
     port_is_free,
+    process_name,
+    role_of,
     spawn,
     stop,
 )
@@ -51,7 +56,6 @@ __all__ = ["ProcessStatus", "dc_topics", "down", "status", "up"]
 
 log = get_logger(__name__)
 
-MIRRORMAKER = "mirrormaker"
 #: Longest wait for the brokers and databases to answer after start (s).
 START_TIMEOUT_S = 120.0
 #: Longest wait for MirrorMaker 2 to create every mirrored topic (s).
@@ -134,8 +138,8 @@ def _checks(topology: Topology) -> dict[str, Callable[[], str]]:
     checks: dict[str, Callable[[], str]] = {}
     for dc in topology.dcs:
         if not dc.witness:
-            checks[f"postgres-{dc.name}"] = partial(_check_postgres, dc)
-        checks[f"kafka-{dc.name}"] = partial(_check_kafka, dc)
+            checks[process_name(POSTGRES, dc.name)] = partial(_check_postgres, dc)
+        checks[process_name(KAFKA, dc.name)] = partial(_check_kafka, dc)
     checks[MIRRORMAKER] = partial(_check_mirrors, topology)
     return checks
 
@@ -178,12 +182,55 @@ def _check_ports(topology: Topology, state: StackState) -> None:
     wanted: list[tuple[str, int]] = []
     for dc in topology.dcs:
         if not dc.witness:
-            wanted.append((f"postgres-{dc.name}", dc.database_port))
-        wanted += [(f"kafka-{dc.name}", dc.kafka_port), (f"kafka-{dc.name}", dc.kafka_port + 1)]
+            wanted.append((process_name(POSTGRES, dc.name), dc.database_port))
+        kafka = process_name(KAFKA, dc.name)
+        wanted += [(kafka, dc.kafka_port), (kafka, dc.kafka_port + 1)]
     for name, port in wanted:
         record = state.processes.get(name)
         if (record is None or not is_running(record)) and not port_is_free(port):
             raise PortInUseError(port, name)
+
+
+def _state_for(run_dir: Path, topology_path: Path) -> StackState:
+    """The saved state of ``run_dir`` if it runs ``topology_path``, else a fresh one.
+
+    Raises :class:`StackError` while processes of another topology still run there.
+    """
+    state = StackState.load(run_dir)
+    if state is not None and state.topology != str(topology_path):
+        if any(is_running(p) for p in state.processes.values()):
+            raise StackError(
+                f"the stack in {run_dir} runs topology {state.topology}; "
+                f"run `coopr-pipeline stack down --run-dir {run_dir}` before using {topology_path}"
+            )
+        state = None
+    return state if state is not None else StackState(topology=str(topology_path))
+
+
+def _server_starts(
+    topology: Topology, run_dir: Path, logs: Path
+) -> list[tuple[str, Callable[[], ProcessRecord]]]:
+    """How to start each DC's PostgreSQL (not for witnesses) and broker, by process name."""
+    starts: list[tuple[str, Callable[[], ProcessRecord]]] = []
+    for dc in topology.dcs:
+        if not dc.witness:
+            pg = process_name(POSTGRES, dc.name)
+            starts.append((pg, partial(postgres.start_postgres, run_dir, dc, logs / f"{pg}.log")))
+        kafka = process_name(KAFKA, dc.name)
+        kafka_dir = run_dir / "kafka" / dc.name
+        starts.append((kafka, partial(start_broker, dc, kafka_dir, logs / f"{kafka}.log")))
+    return starts
+
+
+def _prepare_dcs(topology: Topology) -> None:
+    """Create and migrate every data DC's database, and every DC's local topics."""
+    for dc in topology.dcs:
+        if not dc.witness:
+            postgres.create_database(dc)
+            applied = prepare(topology, dc.name)
+            log.info("database ready", dc=dc.name, migrations_applied=[m.version for m in applied])
+        created = ensure_topics(_kafka(dc), dc_topics(topology, dc))
+        log.info("topics ready", dc=dc.name, created=len(created))
 
 
 def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
@@ -193,16 +240,7 @@ def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
     topology = load_topology(topology_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     java(), kafka_classpath(), pg_bindir()  # each names what is missing, before anything starts
-    state = StackState.load(run_dir)
-    if state is not None and state.topology != str(topology_path):
-        if any(is_running(p) for p in state.processes.values()):
-            raise StackError(
-                f"the stack in {run_dir} runs topology {state.topology}; "
-                f"run `coopr-pipeline stack down --run-dir {run_dir}` before using {topology_path}"
-            )
-        state = None
-    if state is None:
-        state = StackState(topology=str(topology_path))
+    state = _state_for(run_dir, topology_path)
     logs = run_dir / "logs"
     _check_ports(topology, state)
 
@@ -219,17 +257,7 @@ def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
             state.processes[name] = started
             state.save(run_dir)
 
-    starts: list[tuple[str, Callable[[], ProcessRecord]]] = []
-    for dc in topology.dcs:
-        if not dc.witness:
-            pg_log = logs / f"postgres-{dc.name}.log"
-            starts.append(
-                (f"postgres-{dc.name}", partial(postgres.start_postgres, run_dir, dc, pg_log))
-            )
-        kafka_log = logs / f"kafka-{dc.name}.log"
-        starts.append(
-            (f"kafka-{dc.name}", partial(start_broker, dc, run_dir / "kafka" / dc.name, kafka_log))
-        )
+    starts = _server_starts(topology, run_dir, logs)
     # initdb and the Kafka storage format take seconds each: run them side by side.
     with ThreadPoolExecutor(max_workers=len(starts)) as pool:
         for future in [pool.submit(ensure, name, start) for name, start in starts]:
@@ -237,13 +265,7 @@ def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
     checks = _checks(topology)
     _wait_healthy(state, [n for n in checks if n != MIRRORMAKER], checks, START_TIMEOUT_S)
 
-    for dc in topology.dcs:
-        if not dc.witness:
-            postgres.create_database(dc)
-            applied = prepare(topology, dc.name)
-            log.info("database ready", dc=dc.name, migrations_applied=[m.version for m in applied])
-        created = ensure_topics(_kafka(dc), dc_topics(topology, dc))
-        log.info("topics ready", dc=dc.name, created=len(created))
+    _prepare_dcs(topology)
 
     mm2_config = run_dir / "mirrormaker" / "mm2.properties"
     rendered = render_mm2_properties(topology)
@@ -300,15 +322,15 @@ def down(run_dir: Path, *, wipe: bool = False) -> list[str]:
     stopped = []
     for group in (
         [r for r in records if r.name == MIRRORMAKER],
-        [r for r in records if r.name.startswith("kafka-")],
-        [r for r in records if r.name.startswith("postgres-")],
+        [r for r in records if role_of(r.name) == KAFKA],
+        [r for r in records if role_of(r.name) == POSTGRES],
     ):
         # PostgreSQL's SIGINT is its fast shutdown; SIGTERM would wait for every client.
         with ThreadPoolExecutor(max_workers=max(1, len(group))) as pool:
             list(
                 pool.map(
                     lambda r: stop(
-                        r, sig=signal.SIGINT if r.name.startswith("postgres-") else signal.SIGTERM
+                        r, sig=signal.SIGINT if role_of(r.name) == POSTGRES else signal.SIGTERM
                     ),
                     group,
                 )

@@ -13,15 +13,20 @@ import os
 import pwd
 import shutil
 import stat
-import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg2
 from psycopg2 import sql
 
-from pipeline.errors import DependencyMissingError, StackError
-from pipeline.stack.processes import ProcessRecord, spawn
+from pipeline.errors import DependencyMissingError
+from pipeline.stack.processes import (
+    POSTGRES,
+    ProcessRecord,
+    process_name,
+    run_to_completion,
+    spawn,
+)
 from pipeline.stack.runtime import pg_bindir
 from pipeline.topology import DataCenter
 
@@ -87,7 +92,7 @@ def start_postgres(run_dir: Path, dc: DataCenter, log: Path) -> ProcessRecord:
         if user is not None:
             shutil.chown(data, user, user)
             shutil.chown(data.parent, user, user)
-        init = subprocess.run(
+        run_to_completion(
             [
                 str(bindir / "initdb"),
                 "-D",
@@ -100,20 +105,17 @@ def start_postgres(run_dir: Path, dc: DataCenter, log: Path) -> ProcessRecord:
                 "--locale=C",
                 "--no-instructions",
             ],
-            capture_output=True,
-            text=True,
+            what=f"initdb for {dc.name}",
             user=user,
-            check=False,
         )
-        if init.returncode != 0:
-            raise StackError(f"initdb for {dc.name} failed: {init.stderr.strip()[-800:]}")
     settings = {**_SERVER_SETTINGS, "port": str(dc.database_port)}
     argv = [str(bindir / "postgres")]
     for key, value in settings.items():
         argv += ["-c", f"{key}={value}"]
     argv += ["-D", str(data)]
     # The log file is opened before the switch to `postgres`, so root may own it.
-    return spawn(f"postgres-{dc.name}", argv, log=log, ports=(dc.database_port,), user=user)
+    name = process_name(POSTGRES, dc.name)
+    return spawn(name, argv, log=log, ports=(dc.database_port,), user=user)
 
 
 def admin_dsn(dc: DataCenter) -> str:

@@ -23,13 +23,54 @@ from pathlib import Path
 from pipeline.errors import PortInUseError, StackError
 
 __all__ = [
+    "KAFKA",
+    "MIRRORMAKER",
+    "POSTGRES",
     "ProcessRecord",
     "StackState",
     "is_running",
     "port_is_free",
+    "process_name",
+    "role_of",
+    "run_to_completion",
     "spawn",
     "stop",
 ]
+
+#: Roles of the stack's processes; a DC's process is named ``<role>-<dc>`` (:func:`process_name`).
+POSTGRES = "postgres"
+KAFKA = "kafka"
+#: The one MirrorMaker 2 process of the whole stack, named by its role alone.
+MIRRORMAKER = "mirrormaker"
+#: Output kept in an error message when a command fails (characters, from the end).
+_OUTPUT_TAIL = 800
+
+
+def process_name(role: str, dc: str) -> str:
+    """The name DC ``dc``'s process of ``role`` is recorded, logged and shown under:
+    ``kafka-dc1``; its log is ``logs/<name>.log``."""
+    return f"{role}-{dc}"
+
+
+def role_of(name: str) -> str:
+    """The role part of a process name (``kafka`` of ``kafka-dc1``, ``mirrormaker`` of itself)."""
+    return name.split("-", 1)[0]
+
+
+def run_to_completion(argv: Sequence[str], *, what: str, user: str | None = None) -> str:
+    """Run a short command (as ``user`` if given) and return its stdout and stderr.
+
+    Raises :class:`StackError` saying that ``what`` failed, with the end of the output, when
+    the command exits non-zero or cannot be started.
+    """
+    try:
+        done = subprocess.run(list(argv), capture_output=True, text=True, user=user, check=False)
+    except OSError as e:
+        raise StackError(f"{what} failed: {e}") from None
+    output = (done.stdout + done.stderr).strip()
+    if done.returncode != 0:
+        raise StackError(f"{what} failed: {output[-_OUTPUT_TAIL:]}")
+    return output
 
 
 @dataclass(frozen=True, slots=True)

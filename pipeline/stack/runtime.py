@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
-from pipeline.errors import DependencyMissingError
+from pipeline.errors import DependencyMissingError, StackError
+from pipeline.stack.processes import run_to_completion
 
 __all__ = ["REPO_ROOT", "deploy_dir", "java", "kafka_classpath", "pg_bindir", "toxiproxy"]
 
@@ -36,8 +36,11 @@ def java() -> str:
             "Java 17 or newer is needed to run Kafka: install it (Debian: apt-get install "
             "openjdk-17-jre-headless) or set JAVA_HOME"
         )
-    out = subprocess.run([candidate, "-version"], capture_output=True, text=True, check=False)
-    m = re.search(r'version "(\d+)', out.stderr + out.stdout)
+    try:
+        out = run_to_completion([candidate, "-version"], what=f"{candidate} -version")
+    except StackError as e:
+        raise DependencyMissingError(str(e)) from None
+    m = re.search(r'version "(\d+)', out)
     if m is None or int(m.group(1)) < 17:
         found = m.group(1) if m else "unknown"
         raise DependencyMissingError(f"{candidate} is Java {found}; Kafka 4 needs Java 17+")

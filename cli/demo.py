@@ -1,4 +1,4 @@
-"""`coopr-pipeline demo`: the whole pipeline on the local stack, for a while, then a report.
+"""``coopr-pipeline demo``: the whole pipeline on the local stack, for a while, then a report.
 
 In every data DC it starts a relay, an applier and a stand-in Coopr server (``simulate``) as
 separate processes (logs in ``<run-dir>/logs/demo-*.log``), lets them run for ``duration_s``,
@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline.db import connect
 from pipeline.logging import get_logger
 from pipeline.stack.processes import ProcessRecord, spawn, stop
+from pipeline.stats import percentile
 from pipeline.topology import Topology
 
 __all__ = ["DemoRow", "run_demo"]
@@ -40,7 +41,7 @@ class DemoRow:
 def _workers(
     topology: Topology, topology_file: Path, logs: Path, rate: float, duration_s: float
 ) -> list[ProcessRecord]:
-    cli = [sys.executable, "-m", "pipeline.cli", "--log-json"]
+    cli = [sys.executable, "-m", "cli", "--log-json"]
     started = []
     for i, dc in enumerate(topology.data_dcs):
         for name, args in (
@@ -94,28 +95,27 @@ def run_demo(
     finally:
         for record in workers:
             stop(record, sig=signal.SIGTERM, timeout_s=60)
-    report = []
-    for dc in topology.data_dcs:
-        conn = connect(dc.database)
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM outbox WHERE created_at >= %s", (since,))
-                published = int((cur.fetchone() or (0,))[0])
-                cur.execute(
-                    "SELECT count(*),"
-                    " percentile_cont(0.5) WITHIN GROUP (ORDER BY d),"
-                    " percentile_cont(0.99) WITHIN GROUP (ORDER BY d)"
-                    " FROM (SELECT extract(epoch FROM applied_at - occurred_at) * 1000 AS d"
-                    "       FROM replica_clusters WHERE applied_at >= %s"
-                    "       UNION ALL"
-                    "       SELECT extract(epoch FROM applied_at - occurred_at) * 1000"
-                    "       FROM replica_checkpoints WHERE applied_at >= %s) t",
-                    (since, since),
-                )
-                applied, p50, p99 = cur.fetchone() or (0, None, None)
-        finally:
-            conn.close()
-        report.append(
-            DemoRow(dc.name, published, int(applied), float(p50 or "nan"), float(p99 or "nan"))
-        )
-    return report
+    return [_report(dc.name, dc.database, since) for dc in topology.data_dcs]
+
+
+def _report(dc: str, dsn: str, since: datetime) -> DemoRow:
+    """What ``dc`` published and applied since ``since``, with its replication delays."""
+    conn = connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM outbox WHERE created_at >= %s", (since,))
+            published = int((cur.fetchone() or (0,))[0])
+            cur.execute(
+                "SELECT extract(epoch FROM applied_at - occurred_at) * 1000"
+                " FROM replica_clusters WHERE applied_at >= %s"
+                " UNION ALL"
+                " SELECT extract(epoch FROM applied_at - occurred_at) * 1000"
+                " FROM replica_checkpoints WHERE applied_at >= %s",
+                (since, since),
+            )
+            delays_ms = [float(d) for (d,) in cur.fetchall()]
+    finally:
+        conn.close()
+    return DemoRow(
+        dc, published, len(delays_ms), percentile(delays_ms, 0.5), percentile(delays_ms, 0.99)
+    )

@@ -1,9 +1,9 @@
 """``simulate``: a stand-in Coopr server that runs realistic jobs and writes through the outbox.
 
 The simulator of DC A plays A's Coopr server: users ask it to create clusters (from A's ID
-space, :func:`producer.jobs.id_space`) and to configure, add services to, restart, stop,
+space, :func:`simulator.ids.id_space`) and to configure, add services to, restart, stop,
 start and delete the clusters it created. Every job runs as stages of node tasks
-(:mod:`producer.jobs`). At each stage boundary it commits ONE transaction that updates
+(:mod:`simulator.planning`). At each stage boundary it commits ONE transaction that updates
 ``coopr_jobs`` / ``coopr_clusters`` (the cluster is PENDING while its job runs) and adds a
 RestartCheckpoint to the outbox with :func:`producer.outbox.publish`; when the job ends, one
 transaction writes the final state and an OperationCompleted.
@@ -73,26 +73,19 @@ from pipeline.events import (
 from pipeline.logging import get_logger
 from pipeline.shards import shard_of
 from pipeline.topology import Topology
-from producer.jobs import (
-    IdSpace,
-    JobPlan,
-    checkpoint_view,
-    choose_action,
+from producer.outbox import ShardEvent, publish
+from producer.router import ShardRouter
+from simulator.ids import IdSpace, format_cluster_id, id_space, next_job_number
+from simulator.json_forms import (
     cluster_from_json,
     cluster_to_json,
-    completion_view,
-    format_cluster_id,
-    id_space,
-    new_cluster,
-    next_job_number,
     node_from_json,
     node_to_json,
     plan_from_json,
-    plan_job,
     plan_to_json,
 )
-from producer.outbox import ShardEvent, publish
-from producer.router import ShardRouter
+from simulator.planning import JobPlan, choose_action, new_cluster, plan_job
+from simulator.views import checkpoint_view, completion_view
 
 __all__ = ["SimulationStats", "SimulatorConfig", "run_simulation"]
 
@@ -170,11 +163,8 @@ def run_simulation(
     Raises :class:`ConfigError` for a witness or unknown DC or a database without the
     ``coopr_*`` tables, :class:`UnreachableError` when the DC's own database is down.
     """
-    sim = _Simulator(topology, config, stop)
-    try:
+    with _Simulator(topology, config, stop) as sim:
         return sim.run()
-    finally:
-        sim.close()
 
 
 @dataclass(slots=True)
@@ -238,6 +228,7 @@ class _Simulator:
         # in the DC gives each DC its own sequence for one seed.
         self._rng = random.Random(f"{config.seed}/{config.dc}")
         self._server_id = f"coopr-simulator-{config.dc}"
+        self._log = _log.bind(dc=config.dc)
         self._dbs = _Databases(topology)
         self._router: ShardRouter | None = None
         self._idle: dict[str, tuple[Cluster, tuple[Node, ...]]] = {}
@@ -248,6 +239,12 @@ class _Simulator:
         if self._router is not None:
             self._router.close()
         self._dbs.close()
+
+    def __enter__(self) -> _Simulator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # --- start-up ---------------------------------------------------------------------
 
@@ -302,7 +299,9 @@ class _Simulator:
                         + (str(exc).strip() or type(exc).__name__)
                     ) from None
                 # Its clusters are left out of this run rather than stopping every DC's work.
-                _log.warning("dc_unreachable_at_start", dc=dc.name, error=str(exc).strip())
+                self._log.warning(
+                    "database unreachable at start", unreachable_dc=dc.name, error=str(exc).strip()
+                )
         newest = sorted(pool)[-_POOL_LIMIT:]
         self._idle = {cid: pool[cid] for cid in newest}
         for job in sorted(running)[:_MAX_IN_FLIGHT]:
@@ -470,7 +469,7 @@ class _Simulator:
                 owner = self._route(plan.cluster.id)
                 applied = self._write_step(self._dbs.get(owner), flight)
             except ClusterBusyError as exc:
-                _log.info("job_rejected", job=plan.job_id, reason=str(exc))
+                self._log.info("job rejected", job=plan.job_id, reason=str(exc))
                 return _Outcome.REJECTED
             except (NotOwnerError, ShardNotWritableError) as exc:
                 # Ownership is moving: ask the database again before the next attempt.
@@ -487,11 +486,15 @@ class _Simulator:
                 ended = flight.next_step > len(plan.steps)
                 return _Outcome.ENDED if ended else _Outcome.ADVANCED
             self._counts.retries += 1
-            _log.warning("write_retry", job=plan.job_id, dc=owner, attempt=attempt, reason=reason)
+            self._log.warning(
+                "write retrying", job=plan.job_id, owner_dc=owner, attempt=attempt, reason=reason
+            )
             if self._stop.wait(delay):
                 return _Outcome.INTERRUPTED
             delay = min(delay * 2, _BACKOFF_MAX_S)
-        _log.error("job_abandoned", job=plan.job_id, step=flight.next_step, attempts=_TX_ATTEMPTS)
+        self._log.error(
+            "job abandoned", job=plan.job_id, step=flight.next_step, attempts=_TX_ATTEMPTS
+        )
         return _Outcome.ABANDONED
 
     def _tick(self, flight: _Flight) -> None:
@@ -531,9 +534,8 @@ class _Simulator:
         next_progress = started + _PROGRESS_EVERY_S
         drain: list[_Flight] | None = None
         drain_deadline = math.inf
-        _log.info(
-            "simulation_started",
-            dc=config.dc,
+        self._log.info(
+            "simulation started",
             rate=config.rate,
             duration_s=config.duration_s,
             seed=config.seed,
@@ -555,7 +557,7 @@ class _Simulator:
                     flight = self._new_flight()
                 except _RETRYABLE_DB as exc:
                     # This DC's own database hands out the IDs: wait for it like a retry.
-                    _log.warning("id_allocation_failed", error=str(exc).strip())
+                    self._log.warning("id allocation failed", error=str(exc).strip())
                     self._counts.retries += 1
                     self._stop.wait(_BACKOFF_MAX_S)
                     continue
@@ -569,9 +571,9 @@ class _Simulator:
             next_at = max(next_at + interval, now - _MAX_CATCH_UP_S)
             if now >= next_progress:
                 next_progress = now + _PROGRESS_EVERY_S
-                self._progress(now - started, "simulation_progress")
+                self._progress(now - started, "simulation progress")
         stats = self._stats(time.monotonic() - started)
-        self._progress(stats.elapsed_s, "simulation_stopped")
+        self._progress(stats.elapsed_s, "simulation stopped")
         return stats
 
     def _stats(self, elapsed_s: float) -> SimulationStats:
@@ -591,7 +593,7 @@ class _Simulator:
 
     def _progress(self, elapsed_s: float, what: str) -> None:
         c = self._counts
-        _log.info(
+        self._log.info(
             what,
             elapsed_s=round(elapsed_s, 1),
             events=c.events,

@@ -12,8 +12,6 @@ is the replica row's ``applied_at`` minus the time the owner's commit returned.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -21,15 +19,20 @@ from dataclasses import dataclass
 
 from confluent_kafka import Producer
 
+from bench.load import event_for, publish_at_rate
+from bench.workers import start_worker
 from consumer.applier import Applier, ApplierConfig
 from consumer.sequencing import Position
 from consumer.store import Incoming, csv_buffer, rows_of
 from pipeline.admin import TopicSpec, ensure_topics
-from pipeline.bench.load import event_for, publish_at_rate
+from pipeline.backpressure import produce_with_backpressure
 from pipeline.codec import decode_record, encode
 from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
+from pipeline.ownership import initially_owned
+from pipeline.stack.processes import stop
+from pipeline.stats import percentile
 from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
 
@@ -81,12 +84,7 @@ def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
     payloads = _events(source_dc, count)
     producer = Producer(kafka.producer())
     for value in payloads:
-        while True:
-            try:
-                producer.produce(topic, value=value, partition=0)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce_with_backpressure(producer, topic, value=value, partition=0)
     if producer.flush(120) != 0:
         raise PipelineError("the benchmark's events were not all acknowledged")
     fetch_all(site.database, "DELETE FROM replication_state WHERE shard = %s", (_BENCH_SHARD,))
@@ -169,29 +167,9 @@ def bench_replication_delay(
     A relay (owner) and an applier (replica) run as worker processes, MirrorMaker 2 between.
     Per event: the replica row's ``applied_at`` minus the time the writer's commit returned.
     """
-    shards = [
-        s
-        for s in range(topology.shard_count)
-        if topology.initial_owner(s) == owner and replica in topology.replica_list(s)
-    ]
+    shards = [s for s in initially_owned(topology, owner) if replica in topology.replica_list(s)]
     workers = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pipeline.cli",
-                "--log-level",
-                "warning",
-                "worker",
-                kind,
-                "--dc",
-                dc,
-                "--topology",
-                topology.source,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        for kind, dc in (("relay", owner), ("applier", replica))
+        start_worker(kind, dc, topology) for kind, dc in (("relay", owner), ("applier", replica))
     ]
 
     def wait_applied(committed: dict[str, float], timeout_s: float) -> dict[str, float]:
@@ -221,18 +199,17 @@ def bench_replication_delay(
         applied = wait_applied(committed, 120)
     finally:
         for w in workers:
-            w.terminate()
-            w.wait(30)
+            stop(w)
     if len(applied) < len(committed):
         raise PipelineError(
             f"only {len(applied)} of {len(committed)} events reached {replica} in 120 s"
         )
-    ms = sorted((applied[k] - t) * 1000 for k, t in committed.items())
+    ms = [(applied[k] - t) * 1000 for k, t in committed.items()]
     return ReplicationDelay(
         min(rate, achieved),
         seconds,
         len(ms),
-        ms[len(ms) // 2],
-        ms[min(len(ms) - 1, int(len(ms) * 0.99))],
-        ms[-1],
+        percentile(ms, 0.5),
+        percentile(ms, 0.99),
+        max(ms, default=float("nan")),
     )

@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.bench.codec import sample_operation_completed
+from bench.codec import sample_operation_completed
 from pipeline.db import connect
 from pipeline.events import OperationCompleted
 from producer.outbox import publish

@@ -31,7 +31,7 @@ from pipeline.events import (
     OperationCompleted,
     TaskStatus,
 )
-from pipeline.schemas import registry
+from pipeline.schemas import catalog
 
 __all__ = ["bench_codec", "sample_heartbeat", "sample_operation_completed"]
 
@@ -146,7 +146,7 @@ def _cases(
 ) -> dict[str, Callable[[], object]]:
     name = event.RECORD_NAME
     record = event.to_record()
-    parsed = registry().latest(name).schema
+    parsed = catalog().latest(name).schema
     body = message[HEADER_SIZE:]
 
     def bare_encode() -> bytes:

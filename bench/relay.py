@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,13 +21,18 @@ from dataclasses import dataclass
 
 from confluent_kafka import Producer
 
+from bench.codec import sample_operation_completed
+from bench.load import publish_at_rate
+from bench.workers import start_worker
 from pipeline.admin import TopicSpec, ensure_topics, high_watermark
-from pipeline.bench.codec import sample_operation_completed
-from pipeline.bench.load import publish_at_rate
+from pipeline.backpressure import produce_with_backpressure
 from pipeline.codec import encode
 from pipeline.db import connect
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
+from pipeline.ownership import initially_owned
+from pipeline.stack.processes import stop
+from pipeline.stats import percentile
 from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
 from producer.relay import Relay, RelayConfig
@@ -56,10 +59,6 @@ class RelayLatency:
     p50_ms: float
     p99_ms: float
     max_ms: float
-
-
-def _owned_shards(topology: Topology, dc: str) -> list[int]:
-    return [s for s in range(topology.shard_count) if topology.initial_owner(s) == dc]
 
 
 _RAW_TOPIC = "bench.relay.raw"
@@ -150,7 +149,7 @@ def _relay_until_empty(config: RelayConfig, timeout_s: float = 300.0) -> float:
 def bench_relay_throughput(topology: Topology, dc: str, *, count: int = 50_000) -> RelayThroughput:
     """Relay throughput and, in the same run, bare librdkafka on the same bytes."""
     site = topology.dc(dc)
-    shards = _owned_shards(topology, dc)
+    shards = list(initially_owned(topology, dc))
     kafka = KafkaSettings(site.kafka, client_id="coopr-bench-relay")
     config = RelayConfig(dc=dc, database=site.database, kafka=kafka)
     _relay_until_empty(config)  # rows left by others must not count
@@ -163,12 +162,7 @@ def bench_relay_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
     payload = _payload(shards[0])
     start = time.monotonic()
     for _ in range(count):
-        while True:
-            try:
-                raw.produce(_RAW_TOPIC, value=payload, key=b"00000042", partition=0)
-                break
-            except BufferError:
-                raw.poll(0.05)
+        produce_with_backpressure(raw, _RAW_TOPIC, value=payload, key=b"00000042", partition=0)
         raw.poll(0)
     if raw.flush(120) != 0:
         raise PipelineError("bare librdkafka did not get every acknowledgement within 120 s")
@@ -188,43 +182,25 @@ def bench_relay_latency(
     the time its writer's commit returned.
     """
     site = topology.dc(dc)
-    relay = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli",
-            "--log-level",
-            "warning",
-            "worker",
-            "relay",
-            "--dc",
-            dc,
-            "--topology",
-            topology.source,
-            "--poll-interval",
-            "0.5",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    relay = start_worker("relay", dc, topology, "--poll-interval", "0.5")
     try:
         # Warm-up: a few events through the relay, so its start is not measured.
-        publish_at_rate(site.database, _owned_shards(topology, dc), rate=10, seconds=0.5)
+        publish_at_rate(site.database, list(initially_owned(topology, dc)), rate=10, seconds=0.5)
         _wait_empty(site.database, 60)
         committed, achieved = publish_at_rate(
-            site.database, _owned_shards(topology, dc), rate=rate, seconds=seconds
+            site.database, list(initially_owned(topology, dc)), rate=rate, seconds=seconds
         )
         _wait_empty(site.database, 60)
         published = dict(_published_at(site.database, list(committed)))
     finally:
-        relay.terminate()
-        relay.wait(30)
-    ms = sorted((published[k] - t) * 1000 for k, t in committed.items())
+        stop(relay)
+    ms = [(published[k] - t) * 1000 for k, t in committed.items()]
     return RelayLatency(
         rate=min(rate, achieved),
         events=len(ms),
-        p50_ms=ms[len(ms) // 2],
-        p99_ms=ms[min(len(ms) - 1, int(len(ms) * 0.99))],
-        max_ms=ms[-1],
+        p50_ms=percentile(ms, 0.5),
+        p99_ms=percentile(ms, 0.99),
+        max_ms=max(ms, default=float("nan")),
     )
 
 

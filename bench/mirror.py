@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from pipeline.errors import UnreachableError
 from pipeline.kafka_config import KafkaSettings
+from pipeline.stats import percentile
 from pipeline.topics import PROBE_TOPIC, mirrored
 from pipeline.topology import Topology
 
@@ -34,12 +35,6 @@ class MirrorLatency:
     p50_ms: float
     p99_ms: float
     max_ms: float
-
-
-def _percentile(sorted_ms: list[float], q: float) -> float:
-    if not sorted_ms:
-        return float("nan")
-    return sorted_ms[min(len(sorted_ms) - 1, round(q * (len(sorted_ms) - 1)))]
 
 
 class _Reader(threading.Thread):
@@ -129,14 +124,14 @@ def bench_mirror(
     results = []
     for path, reader in readers.items():
         reader.join(drain_s + 5.0)
-        ms = sorted(reader.latencies_ms)
+        ms = reader.latencies_ms
         results.append(
             MirrorLatency(
                 path,
                 count,
                 len(ms),
-                _percentile(ms, 0.50),
-                _percentile(ms, 0.99),
+                percentile(ms, 0.50),
+                percentile(ms, 0.99),
                 max(ms, default=float("nan")),
             )
         )

@@ -1,0 +1,57 @@
+"""Options several commands share: where the stack runs, the topology, the metrics endpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from pipeline.stack.runtime import REPO_ROOT, deploy_dir
+
+__all__ = [
+    "default_run_dir",
+    "metrics_host_option",
+    "metrics_port_option",
+    "run_dir_option",
+    "topology_option",
+]
+
+
+def default_run_dir() -> Path:
+    """``$COOPR_RUN_DIR``, else ``.stack`` in the checkout."""
+    return Path(os.environ.get("COOPR_RUN_DIR", REPO_ROOT / ".stack"))
+
+
+run_dir_option = click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=default_run_dir,
+    show_default="$COOPR_RUN_DIR or .stack in the checkout",
+    help="Folder of the local stack's data, logs and state.",
+)
+
+topology_option = click.option(
+    "--topology",
+    "topology_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("COOPR_TOPOLOGY", str(deploy_dir() / "topology.local.toml")),
+    show_default="$COOPR_TOPOLOGY or deploy/topology.local.toml",
+    help="Topology file (TOML).",
+)
+
+metrics_port_option = click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port of /metrics and /healthz (0: any free port, logged at start).",
+)
+
+# Loopback by default: the endpoints have no authentication, so exposing them is a choice.
+metrics_host_option = click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address /metrics and /healthz listen on (0.0.0.0: every interface).",
+)

@@ -1,0 +1,109 @@
+"""``coopr-pipeline worker``: the long-running relay and applier, with /metrics and /healthz."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from cli.options import metrics_host_option, metrics_port_option, topology_option
+from pipeline.observability import HealthFn
+from pipeline.topology import load_topology
+
+__all__ = ["worker"]
+
+
+@click.group()
+def worker() -> None:
+    """Long-running workers: they log with structlog, serve /metrics and /healthz, and stop
+    cleanly on SIGTERM (the batch in flight finishes)."""
+
+
+def serve_while(
+    run: Callable[[], None], health: HealthFn, *, host: str, port: int, dc: str
+) -> None:
+    """Serve /metrics and /healthz on ``host:port`` while ``run`` runs."""
+    from pipeline.logging import get_logger
+    from pipeline.observability import ObservabilityServer
+
+    with ObservabilityServer(health, host=host, port=port) as server:
+        get_logger("cli.worker").info(
+            "serving metrics and health", host=host, port=server.port, dc=dc
+        )
+        run()
+
+
+@worker.command("relay")
+@click.option("--dc", required=True, help="The DC whose outbox to publish.")
+@topology_option
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True)
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(0.01, 60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between outbox polls when no NOTIFY arrives.",
+)
+@click.option(
+    "--retention",
+    type=click.FloatRange(0),
+    default=86400.0,
+    show_default=True,
+    help="Seconds published rows stay in the outbox before they are pruned.",
+)
+@metrics_host_option
+@metrics_port_option
+def worker_relay(
+    dc: str,
+    topology_file: Path,
+    batch_size: int,
+    poll_interval: float,
+    retention: float,
+    metrics_host: str,
+    metrics_port: int,
+) -> None:
+    """Publish this DC's outbox to its shard topics (one active relay per DC)."""
+    from pipeline.kafka_config import KafkaSettings
+    from pipeline.shutdown import stop_on_signals
+    from producer.relay import Relay, RelayConfig
+
+    topology = load_topology(topology_file)
+    site = topology.dc(dc)
+    config = RelayConfig(
+        dc=dc,
+        database=site.database,
+        kafka=KafkaSettings(site.kafka, client_id=f"coopr-relay-{dc}"),
+        batch_size=batch_size,
+        poll_interval_s=poll_interval,
+        retention_s=retention,
+    )
+    relay = Relay(config, stop_on_signals())
+    serve_while(relay.run, relay.health, host=metrics_host, port=metrics_port, dc=dc)
+
+
+@worker.command("applier")
+@click.option("--dc", required=True, help="The DC whose replica tables to keep up to date.")
+@topology_option
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True)
+@metrics_host_option
+@metrics_port_option
+def worker_applier(
+    dc: str, topology_file: Path, batch_size: int, metrics_host: str, metrics_port: int
+) -> None:
+    """Apply the mirrored shard topics this DC replicates to its Postgres."""
+    from consumer.applier import Applier, ApplierConfig, replicated_topics
+    from pipeline.kafka_config import KafkaSettings
+    from pipeline.shutdown import stop_on_signals
+
+    topology = load_topology(topology_file)
+    site = topology.dc(dc)
+    config = ApplierConfig(
+        dc=dc,
+        database=site.database,
+        kafka=KafkaSettings(site.kafka, client_id=f"coopr-applier-{dc}"),
+        topics=replicated_topics(topology, dc),
+        batch_size=batch_size,
+    )
+    applier = Applier(config, stop_on_signals())
+    serve_while(applier.run, applier.health, host=metrics_host, port=metrics_port, dc=dc)
