@@ -6,13 +6,11 @@ import time
 from collections.abc import Callable, Sequence
 
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
-from confluent_kafka.admin import (
-    AdminClient,
-    AlterConfigOpType,
-    ConfigEntry,
-    ConfigResource,
-    ResourceType,
-)
+from confluent_kafka.admin import AdminClient
+
+# Defined in confluent_kafka.admin's private modules, which its stubs do not re-export.
+from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin._resource import ResourceType
 
 from pipeline.admin import high_watermark
 from pipeline.kafka_config import KafkaSettings

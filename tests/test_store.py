@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from bench.load import event_for
 from consumer.sequencing import Position
 from consumer.store import Incoming, rows_of
-from pipeline.bench.load import event_for
 from pipeline.codec import decode_record, encode
 from pipeline.events import ClusterStatus, OperationCompleted, RestartCheckpoint
 
