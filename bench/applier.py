@@ -31,6 +31,7 @@ from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
 from pipeline.ownership import initially_owned
+from pipeline.shutdown import run_in_thread
 from pipeline.stack.processes import stop
 from pipeline.stats import percentile
 from pipeline.topics import mirrored, shard_topic
@@ -93,9 +94,8 @@ def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
     config = ApplierConfig(
         dc=dc, database=site.database, kafka=kafka, topics=(topic,), group=f"bench-{source_dc}"
     )
-    worker = threading.Thread(target=Applier(config, stop).run, daemon=True)
     start = time.monotonic()
-    worker.start()
+    worker = run_in_thread(Applier(config, stop))
     deadline = start + 600
     # One connection for the whole wait: a new one per check would take CPU from the applier.
     watch = connect(site.database)

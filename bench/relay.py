@@ -31,6 +31,7 @@ from pipeline.db import connect
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
 from pipeline.ownership import initially_owned
+from pipeline.shutdown import run_in_thread
 from pipeline.stack.processes import stop
 from pipeline.stats import percentile
 from pipeline.topics import mirrored, shard_topic
@@ -134,10 +135,8 @@ def _load_outbox(dsn: str, dc: str, shards: list[int], count: int) -> None:
 def _relay_until_empty(config: RelayConfig, timeout_s: float = 300.0) -> float:
     """Run a relay in this process until the outbox is empty; returns the seconds it took."""
     stop = threading.Event()
-    relay = Relay(config, stop)
-    worker = threading.Thread(target=relay.run, daemon=True)
     start = time.monotonic()
-    worker.start()
+    worker = run_in_thread(Relay(config, stop))
     try:
         _wait_empty(config.database, timeout_s)
         return time.monotonic() - start

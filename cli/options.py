@@ -10,6 +10,8 @@ import click
 from pipeline.stack.runtime import REPO_ROOT, deploy_dir
 
 __all__ = [
+    "batch_bytes_option",
+    "db_dead_peer_option",
     "default_run_dir",
     "metrics_host_option",
     "metrics_port_option",
@@ -54,4 +56,22 @@ metrics_host_option = click.option(
     default="127.0.0.1",
     show_default=True,
     help="Address /metrics and /healthz listen on (0.0.0.0: every interface).",
+)
+
+batch_bytes_option = click.option(
+    "--batch-bytes",
+    type=click.IntRange(1024, 1024**3),
+    default=16 * 1024 * 1024,
+    show_default=True,
+    help="Bytes of events per batch, about (at least one event).",
+)
+
+db_dead_peer_option = click.option(
+    "--db-dead-peer",
+    "db_dead_peer_s",
+    type=click.IntRange(4, 3600),
+    default=12,
+    show_default=True,
+    help="Seconds after which either end of a silent database connection counts the other as"
+    " gone (TCP keepalives and user timeout, on the client and in the server session).",
 )

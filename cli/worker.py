@@ -7,7 +7,13 @@ from pathlib import Path
 
 import click
 
-from cli.options import metrics_host_option, metrics_port_option, topology_option
+from cli.options import (
+    batch_bytes_option,
+    db_dead_peer_option,
+    metrics_host_option,
+    metrics_port_option,
+    topology_option,
+)
 from pipeline.observability import HealthFn
 from pipeline.topology import load_topology
 
@@ -37,7 +43,31 @@ def serve_while(
 @worker.command("relay")
 @click.option("--dc", required=True, help="The DC whose outbox to publish.")
 @topology_option
-@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=5000,
+    show_default=True,
+    help="Rows per shard and round.",
+)
+@batch_bytes_option
+@click.option(
+    "--ack-timeout",
+    type=click.FloatRange(0.1, 600),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for Kafka's acknowledgements before a shard counts as stuck and the"
+    " others go on.",
+)
+@click.option(
+    "--lock-silence",
+    type=click.FloatRange(3, 3600),
+    default=15.0,
+    show_default=True,
+    help="Seconds without a statement after which the database ends the active relay's"
+    " session, so a standby takes over (above --poll-interval and --ack-timeout).",
+)
+@db_dead_peer_option
 @click.option(
     "--poll-interval",
     type=click.FloatRange(0.01, 60),
@@ -58,12 +88,17 @@ def worker_relay(
     dc: str,
     topology_file: Path,
     batch_size: int,
+    batch_bytes: int,
+    ack_timeout: float,
+    lock_silence: float,
+    db_dead_peer_s: int,
     poll_interval: float,
     retention: float,
     metrics_host: str,
     metrics_port: int,
 ) -> None:
     """Publish this DC's outbox to its shard topics (one active relay per DC)."""
+    from pipeline.db import ConnectionTimeouts
     from pipeline.kafka_config import KafkaSettings
     from pipeline.shutdown import stop_on_signals
     from producer.relay import Relay, RelayConfig
@@ -75,24 +110,37 @@ def worker_relay(
         database=site.database,
         kafka=KafkaSettings(site.kafka, client_id=f"coopr-relay-{dc}"),
         batch_size=batch_size,
+        batch_bytes=batch_bytes,
+        ack_timeout_s=ack_timeout,
+        lock_silence_s=lock_silence,
+        timeouts=ConnectionTimeouts.detecting_in(db_dead_peer_s),
         poll_interval_s=poll_interval,
         retention_s=retention,
     )
-    relay = Relay(config, stop_on_signals())
-    serve_while(relay.run, relay.health, host=metrics_host, port=metrics_port, dc=dc)
+    with Relay(config, stop_on_signals()) as relay:
+        serve_while(relay.run, relay.health, host=metrics_host, port=metrics_port, dc=dc)
 
 
 @worker.command("applier")
 @click.option("--dc", required=True, help="The DC whose replica tables to keep up to date.")
 @topology_option
 @click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True)
+@batch_bytes_option
+@db_dead_peer_option
 @metrics_host_option
 @metrics_port_option
 def worker_applier(
-    dc: str, topology_file: Path, batch_size: int, metrics_host: str, metrics_port: int
+    dc: str,
+    topology_file: Path,
+    batch_size: int,
+    batch_bytes: int,
+    db_dead_peer_s: int,
+    metrics_host: str,
+    metrics_port: int,
 ) -> None:
     """Apply the mirrored shard topics this DC replicates to its Postgres."""
     from consumer.applier import Applier, ApplierConfig, replicated_topics
+    from pipeline.db import ConnectionTimeouts
     from pipeline.kafka_config import KafkaSettings
     from pipeline.shutdown import stop_on_signals
 
@@ -104,6 +152,8 @@ def worker_applier(
         kafka=KafkaSettings(site.kafka, client_id=f"coopr-applier-{dc}"),
         topics=replicated_topics(topology, dc),
         batch_size=batch_size,
+        batch_bytes=batch_bytes,
+        timeouts=ConnectionTimeouts.detecting_in(db_dead_peer_s),
     )
-    applier = Applier(config, stop_on_signals())
-    serve_while(applier.run, applier.health, host=metrics_host, port=metrics_port, dc=dc)
+    with Applier(config, stop_on_signals()) as applier:
+        serve_while(applier.run, applier.health, host=metrics_host, port=metrics_port, dc=dc)

@@ -1,34 +1,41 @@
 """The applier: consumes the mirrored shard topics of the shards this DC replicates and
 upserts them into the DC's Postgres.
 
-Commit order, per batch (the guarantee: every event applied exactly once in effect):
+Commit order, per batch (the guarantee: every event applied exactly once in effect, every
+refused record dead-lettered exactly once):
 
-1. read a batch: block for the first record, then take what is already fetched (at most
-   ``batch_size``), so a quiet topic costs no added wait;
+1. read a batch: block for the first record, then take what is already fetched, at most
+   ``batch_size`` records and about ``batch_bytes`` bytes, so a quiet topic costs no added
+   wait;
 2. decode each record; what cannot be applied (undecodable bytes, an unknown fingerprint, a
-   record that is not a shard event or names another shard or DC) goes to ``coopr.dlq``, and
-   the applier waits for Kafka's acknowledgement;
-3. apply the rest and store the next offsets in one database transaction
-   (:func:`consumer.store.apply_batch`);
+   record that is not a shard event or names another shard or DC) is refused;
+3. in one database transaction (:func:`consumer.store.apply_batch`): apply the events, keep
+   the refused records for the dead-letter topic, store the next offsets;
 4. only then commit the same offsets to Kafka, asynchronously, so that Kafka's own tools show
-   the group's lag. Postgres is the source of truth: on assignment the applier seeks to the
-   offsets stored there.
+   the group's lag, and ship the dead letters to ``coopr.dlq`` (:mod:`consumer.dlq`).
+   Postgres is the source of truth: on assignment the applier seeks to the offsets stored
+   there; while they cannot be read (the database is down), the partitions stay paused.
 
-If the database fails at 3, nothing is stored: the applier seeks back to the batch's first
-offsets and retries with backoff (the consumer keeps polling, so it stays in its group). A
-rebalance between batches re-reads at most the uncommitted batch, which the ``(epoch, seq)``
-guard makes harmless. SIGTERM finishes the batch in flight, leaves the group and returns.
+If the database fails at 3 with a transient error (connection lost, serialization failure,
+deadlock), nothing is stored: the applier seeks back to the batch's first offsets and
+retries with backoff (the consumer keeps polling, so it stays in its group); a seek that
+fails on a partition it still owns stops the applier rather than skip records. If the
+database refuses the data of an event (a data exception, a constraint violation), the event
+is found by halving the batch, dead-lettered with the database's message, and the rest is
+applied. A rebalance between batches re-reads at most the uncommitted batch, which the
+``(epoch, seq)`` guard makes harmless. SIGTERM finishes the batch in flight and returns;
+:meth:`Applier.close` (or leaving its ``with`` block) leaves the group.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 import psycopg2
@@ -43,12 +50,19 @@ from confluent_kafka import (
 )
 from prometheus_client import Counter, Gauge, Histogram
 
-from consumer.dlq import DeadLetter, DeadLetters
+from consumer.dlq import DeadLetterShipper, RefusedRecord
 from consumer.sequencing import Position
-from consumer.store import Applied, Incoming, apply_batch, stored_offsets
+from consumer.store import (
+    Applied,
+    Incoming,
+    apply_batch,
+    permanent,
+    refused_by_database,
+    stored_offsets,
+)
 from pipeline.codec import decode_record
-from pipeline.db import connect
-from pipeline.errors import CodecError, PipelineError, TopicNameError
+from pipeline.db import ConnectionTimeouts, connect
+from pipeline.errors import CodecError, PipelineError, TopicNameError, first_line
 from pipeline.kafka_config import KafkaSettings
 from pipeline.logging import get_logger
 from pipeline.topics import mirrored, parse_mirrored_shard, shard_topic
@@ -93,32 +107,41 @@ def replicated_topics(topology: Topology, dc: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class ApplierConfig:
-    """Settings of one applier process. Times in seconds."""
+    """Settings of one applier process. Times in seconds, sizes in bytes."""
 
     dc: str
     database: str = field(repr=False)
     kafka: KafkaSettings
     topics: tuple[str, ...]
     batch_size: int = 5000
+    #: Record values per batch, about (a batch passes it by about one record).
+    batch_bytes: int = 16 * 1024 * 1024
     max_backoff_s: float = 5.0
     #: Defaults to ``coopr-applier-<dc>``: one group per DC.
     group: str | None = None
+    timeouts: ConnectionTimeouts = field(default_factory=ConnectionTimeouts)
 
     @property
     def group_id(self) -> str:
         return self.group or f"coopr-applier-{self.dc}"
 
 
+#: Records taken from the consumer's queue at most at a time.
+_CHUNK = 500
+
+
 @dataclass(slots=True)
 class _Batch:
     events: list[Incoming]
-    dead: list[DeadLetter]
+    refused: list[RefusedRecord]
     first_offsets: dict[tuple[str, int], int]
     next_offsets: dict[tuple[str, int], int]
 
 
 class Applier:
-    """The applier worker; :meth:`run` returns when ``stop`` is set (after the batch in flight)."""
+    """The applier worker; :meth:`run` returns when ``stop`` is set (after the batch in
+    flight). A context manager: leaving it closes the consumer (leaving the group at once),
+    the dead-letter producer and the database connection."""
 
     def __init__(self, config: ApplierConfig, stop: threading.Event):
         self.config = config
@@ -127,21 +150,45 @@ class Applier:
         self.assigned: list[str] = []
         self._conn: psycopg2.extensions.connection | None = None
         self._consumer = Consumer(config.kafka.consumer(config.group_id))
-        self._dlq = DeadLetters(config.kafka, config.dc)
+        self._letters = DeadLetterShipper(config.kafka, config.dc)
+        # Partitions assigned while their stored offsets could not be read: paused until then.
+        self._awaiting: dict[tuple[str, int], TopicPartition] = {}
         self._labels = {"dc": config.dc}
+        self._log = log.bind(dc=config.dc)
+
+    def __enter__(self) -> Applier:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Leave the group, flush the dead letters in flight, close the connection."""
+        self._consumer.close()
+        self._letters.close()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy unless the last batch failed."""
+        """Healthy unless the last batch failed or partitions wait for their offsets."""
+        awaiting = sorted(f"{t}[{p}]" for t, p in list(self._awaiting))
         details = {
             "dc": self.config.dc,
             "group": self.config.group_id,
             "assigned": len(self.assigned),
+            "awaiting_offsets": awaiting,
             "last_error": self.last_error,
         }
-        return self.last_error is None, details
+        return self.last_error is None and not awaiting, details
 
     def run(self) -> None:
-        log.info("applier starting", dc=self.config.dc, topics=len(self.config.topics))
+        self._log.info("applier starting", topics=len(self.config.topics))
         self._consumer.subscribe(
             list(self.config.topics),
             on_assign=self._on_assign,
@@ -149,77 +196,151 @@ class Applier:
             on_lost=self._on_revoke,
         )
         backoff = 0.1
-        try:
-            while not self.stop.is_set():
-                messages = self._read()
-                if not messages:
-                    continue
-                batch = self._decode(messages)
-                started = time.monotonic()
-                try:
-                    if batch.dead:
-                        self._dlq.send(batch.dead)
-                    result = apply_batch(self._db(), batch.events, batch.next_offsets)
-                except (psycopg2.Error, PipelineError) as e:
-                    self._fail(batch, e, backoff)
-                    backoff = min(backoff * 2, self.config.max_backoff_s)
-                    continue
-                BATCH_SECONDS.labels(**self._labels).observe(time.monotonic() - started)
-                backoff = 0.1
-                self.last_error = None
-                self._committed(batch, result)
-        finally:
-            # close() leaves the group at once, instead of after the session timeout.
-            self._consumer.close()
-            if self._conn is not None:
-                self._conn.close()
-            log.info("applier stopped", dc=self.config.dc)
+        while not self.stop.is_set():
+            self._resume_awaiting()
+            messages = self._read()
+            if not messages:
+                self._ship_letters()
+                continue
+            batch = self._decode(messages)
+            started = time.monotonic()
+            try:
+                result = self._apply(batch)
+            except (psycopg2.Error, PipelineError) as e:
+                self._fail(batch, e, backoff)
+                backoff = min(backoff * 2, self.config.max_backoff_s)
+                continue
+            BATCH_SECONDS.labels(**self._labels).observe(time.monotonic() - started)
+            backoff = 0.1
+            self.last_error = None
+            self._committed(batch, result)
+            self._ship_letters()
+        self._log.info("applier stopped")
 
     def _db(self) -> psycopg2.extensions.connection:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.config.database)
+            self._conn = connect(self.config.database, timeouts=self.config.timeouts)
         return self._conn
 
+    def _apply(self, batch: _Batch) -> Applied:
+        """Apply the batch; when the database refuses some events' data, dead-letter those
+        and apply the rest."""
+        conn = self._db()
+        try:
+            return apply_batch(conn, batch.events, batch.next_offsets, batch.refused)
+        except psycopg2.Error as e:
+            if not permanent(e):
+                raise
+            refused = refused_by_database(conn, batch.events)
+            if not refused:
+                raise
+        for ev, error in refused:
+            batch.refused.append(
+                RefusedRecord(
+                    ev.topic,
+                    ev.partition,
+                    ev.offset,
+                    ev.key,
+                    ev.payload,
+                    f"the database refused the event: {first_line(error)}",
+                    f"{type(error).__name__} ({error.pgcode})",
+                )
+            )
+        dropped = {id(ev) for ev, _ in refused}
+        batch.events = [ev for ev in batch.events if id(ev) not in dropped]
+        return apply_batch(conn, batch.events, batch.next_offsets, batch.refused)
+
+    def _ship_letters(self) -> None:
+        """Send the committed dead letters; a failure leaves them for the next call."""
+        try:
+            self._letters.ship(self._db())
+        except (psycopg2.Error, PipelineError) as e:
+            self._log.warning("dead letters not shipped yet", error=first_line(e))
+
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned = sorted({*self.assigned, *(p.topic for p in partitions)})
         try:
             stored = stored_offsets(self._db(), [(p.topic, p.partition) for p in partitions])
         except (psycopg2.Error, PipelineError) as e:
-            # Without the stored offsets the partitions cannot start anywhere safe; the
-            # earliest offset is safe (replays change nothing), only slower.
-            log.warning("stored offsets unavailable, starting at the beginning", error=str(e))
-            stored = {}
+            # Starting anywhere else would replay or skip: wait for the database instead.
+            consumer.incremental_assign(partitions)
+            consumer.pause(partitions)
+            self._awaiting.update({(p.topic, p.partition): p for p in partitions})
+            self.last_error = first_line(e)
+            self._log.warning(
+                "stored offsets unavailable, partitions paused",
+                count=len(partitions),
+                error=self.last_error,
+            )
+            return
+        self._assign_at(consumer, partitions, stored)
+
+    def _assign_at(
+        self,
+        consumer: Consumer,
+        partitions: list[TopicPartition],
+        stored: dict[tuple[str, int], int],
+    ) -> None:
         for p in partitions:
             p.offset = stored.get((p.topic, p.partition), OFFSET_BEGINNING)
         consumer.incremental_assign(partitions)
-        self.assigned = sorted({*self.assigned, *(p.topic for p in partitions)})
-        log.info(
+        self._log.info(
             "partitions assigned",
-            dc=self.config.dc,
             count=len(partitions),
             resumed=sum(1 for p in partitions if (p.topic, p.partition) in stored),
         )
 
+    def _resume_awaiting(self) -> None:
+        """Start the paused partitions at their stored offsets once the database answers."""
+        if not self._awaiting:
+            return
+        try:
+            stored = stored_offsets(self._db(), list(self._awaiting))
+        except (psycopg2.Error, PipelineError) as e:
+            self.last_error = first_line(e)
+            self.stop.wait(1.0)
+            return
+        partitions = [TopicPartition(t, p) for t, p in self._awaiting]
+        self._awaiting.clear()
+        # Assigned again, now with the offsets: a seek would race the fetch already set up.
+        self._consumer.incremental_unassign(partitions)
+        self._assign_at(self._consumer, partitions, stored)
+        self._consumer.resume(partitions)
+        self.last_error = None
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {p.topic for p in partitions}
         self.assigned = [t for t in self.assigned if t not in revoked]
-        log.info("partitions revoked", dc=self.config.dc, count=len(partitions))
+        for p in partitions:
+            self._awaiting.pop((p.topic, p.partition), None)
+        self._log.info("partitions revoked", count=len(partitions))
 
     def _read(self) -> list[Message]:
         first = self._consumer.poll(0.2)
         if first is None:
             return []
-        rest = (
-            self._consumer.consume(self.config.batch_size - 1, timeout=0)
-            if self.config.batch_size > 1
-            else []
-        )
+        fetched = [first]
+        size = len(first.value() or b"")
+        while len(fetched) < self.config.batch_size and size < self.config.batch_bytes:
+            # As many as fit, at the average size so far: the cut passes the bound by about
+            # one record.
+            fits = max(1, int((self.config.batch_bytes - size) * len(fetched) / max(1, size)))
+            chunk = self._consumer.consume(
+                min(_CHUNK, fits, self.config.batch_size - len(fetched)), timeout=0
+            )
+            if not chunk:
+                break
+            fetched += chunk
+            size += sum(len(m.value() or b"") for m in chunk)
         messages = []
-        for msg in [first, *rest]:
+        for msg in fetched:
             err = msg.error()
-            if err is None:
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self._log.warning("consumer error", error=err.str())
+            elif (msg.topic(), msg.partition()) not in self._awaiting:
+                # A record of a paused partition fetched before the pause is read again later.
                 messages.append(msg)
-            elif err.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error", error=err.str())
         return messages
 
     def _decode(self, messages: Sequence[Message]) -> _Batch:
@@ -243,34 +364,42 @@ class Applier:
                         f" but it was read from {topic}"
                     )
             except (CodecError, TopicNameError) as e:
-                batch.dead.append(
-                    DeadLetter(topic, partition, offset, msg.key(), value, str(e), type(e).__name__)
+                batch.refused.append(
+                    RefusedRecord(
+                        topic, partition, offset, msg.key(), value, str(e), type(e).__name__
+                    )
                 )
                 continue
             position = Position(source.shard, source.source_dc, record["epoch"], record["seq"])
-            batch.events.append(Incoming(topic, partition, offset, position, name, record, value))
+            batch.events.append(
+                Incoming(topic, partition, offset, position, name, record, value, msg.key())
+            )
         return batch
 
     def _fail(self, batch: _Batch, error: Exception, backoff: float) -> None:
         """Nothing of the batch was stored: read it again after ``backoff`` seconds."""
-        self.last_error = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        log.warning(
+        self.last_error = first_line(error)
+        self._log.warning(
             "batch not applied, retrying",
-            dc=self.config.dc,
             error=self.last_error,
             backoff_s=backoff,
-            records=len(batch.events) + len(batch.dead),
+            records=len(batch.events) + len(batch.refused),
         )
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        owned = {(p.topic, p.partition) for p in self._consumer.assignment()}
         for (topic, partition), offset in batch.first_offsets.items():
-            # A partition revoked meanwhile cannot be sought: its new owner starts from the
-            # offsets stored in the database.
-            with contextlib.suppress(KafkaException):
+            if (topic, partition) not in owned:
+                continue  # revoked meanwhile: its new owner starts from the stored offsets
+            try:
                 self._consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as e:
+                # Going on would commit offsets past records never applied.
+                raise PipelineError(
+                    f"cannot read {topic} [{partition}] again from offset {offset} after a"
+                    f" failed batch ({e.args[0].str()}): stopping instead of skipping records"
+                ) from None
         self.stop.wait(backoff)
 
     def _committed(self, batch: _Batch, result: Applied) -> None:
@@ -281,16 +410,15 @@ class Applier:
         GAPS.labels(**self._labels).inc(len(result.gaps))
         LATE.labels(**self._labels).inc(result.late)
         if result.late:
-            log.info("late events filled recorded gaps", dc=self.config.dc, events=result.late)
-        DEAD.labels(**self._labels).inc(len(batch.dead))
-        BATCH_SIZE.labels(**self._labels).observe(len(batch.events) + len(batch.dead))
+            self._log.info("late events filled recorded gaps", events=result.late)
+        DEAD.labels(**self._labels).inc(len(batch.refused))
+        BATCH_SIZE.labels(**self._labels).observe(len(batch.events) + len(batch.refused))
         delay = DELAY.labels(**self._labels)
         for ev in result.applied:
             delay.observe((now - ev.occurred_at).total_seconds())
         for gap in result.gaps:
-            log.warning(
+            self._log.warning(
                 "gap in a shard: events never arrived",
-                dc=self.config.dc,
                 shard=gap.shard,
                 source_dc=gap.source_dc,
                 epoch=gap.epoch,
@@ -300,19 +428,12 @@ class Applier:
         # One line per shard and batch: a stale DC replaying can send thousands.
         fenced = collections.Counter(ev.position.shard for ev in result.fenced)
         for shard, count in sorted(fenced.items()):
-            log.warning(
-                "fenced: events of an older epoch not applied",
-                dc=self.config.dc,
-                shard=shard,
-                events=count,
+            self._log.warning(
+                "fenced: events of an older epoch not applied", shard=shard, events=count
             )
-        for letter in batch.dead:
-            log.warning(
-                "dead letter",
-                dc=self.config.dc,
-                topic=letter.topic,
-                offset=letter.offset,
-                reason=letter.reason,
+        for letter in batch.refused:
+            self._log.warning(
+                "dead letter", topic=letter.topic, offset=letter.offset, reason=letter.reason
             )
         self._consumer.commit(
             offsets=[TopicPartition(t, p, o) for (t, p), o in batch.next_offsets.items()],

@@ -2,16 +2,20 @@
 
 :func:`apply_batch` does, in a single transaction, in this order:
 
-1. lock the ``replication_state`` rows of the batch's shards (``FOR UPDATE``: two appliers
-   overlapping during a rebalance serialise here) and classify every event with
-   :func:`consumer.sequencing.check_sequence` (fenced, duplicate, gap, apply);
-2. keep, per cluster and per job, only the newest event of the batch;
+1. create the ``replication_state`` rows of shards seen for the first time, then lock the
+   batch's rows (``FOR UPDATE``: two appliers overlapping during a rebalance serialise here)
+   and classify every event with :func:`consumer.sequencing.check_sequence` (fenced,
+   duplicate, gap, apply);
+2. keep, per cluster and per job, only the newest event of the batch by ``(epoch, seq)``;
 3. COPY those rows into temporary tables and upsert from them, each row only over an older
    ``(epoch, seq)``, so a replay or a duplicate changes nothing;
-4. store the next offset of every partition the batch read (never moving one back);
-5. update the shards' replication state and record the gaps; commit.
+4. update the shards' replication state and record the gaps;
+5. keep the refused records for the dead-letter topic (:mod:`consumer.dlq`) and store the
+   next offset of every partition the batch read (never moving one back); commit.
 
-So the rows and the offsets that produced them are committed together or not at all.
+So the rows, the dead letters and the offsets past them are committed together or not at
+all. When the database refuses the data of some event itself (:func:`permanent`),
+:func:`refused_by_database` finds it by halving the batch, so that it alone is dead-lettered.
 """
 
 from __future__ import annotations
@@ -27,10 +31,20 @@ import orjson
 import psycopg2.extensions
 from psycopg2.extras import execute_values
 
-from consumer.sequencing import Gap, Position, ShardState, check_sequence
+from consumer.dlq import RefusedRecord, store_refused
+from consumer.sequencing import Gap, Position, SequenceCheck, ShardState, check_sequence
 from pipeline.events import json_ready
 
-__all__ = ["Applied", "Incoming", "apply_batch", "csv_buffer", "rows_of", "stored_offsets"]
+__all__ = [
+    "Applied",
+    "Incoming",
+    "apply_batch",
+    "csv_buffer",
+    "permanent",
+    "refused_by_database",
+    "rows_of",
+    "stored_offsets",
+]
 
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_clusters"
@@ -92,6 +106,7 @@ class Incoming:
     record_name: str
     record: Mapping[str, Any]
     payload: bytes
+    key: bytes | None = None
 
     @property
     def occurred_at(self) -> datetime:
@@ -194,43 +209,17 @@ def apply_batch(
     conn: psycopg2.extensions.connection,
     events: Sequence[Incoming],
     next_offsets: Mapping[tuple[str, int], int],
+    refused: Sequence[RefusedRecord] = (),
 ) -> Applied:
-    """Apply ``events`` (in read order) and store ``next_offsets``, in one transaction.
+    """Apply ``events`` (in read order), keep ``refused`` for the dead-letter topic and store
+    ``next_offsets``, in one transaction.
 
-    ``next_offsets`` covers every partition the batch read, including records that went to
-    the dead-letter topic. Raises psycopg2's errors when the database fails; then nothing of
-    the batch is stored.
+    ``next_offsets`` covers every partition the batch read, including refused records. Raises
+    psycopg2's errors when the database fails; then nothing of the batch is stored.
     """
     with conn, conn.cursor() as cur:
-        cur.execute(_STAGING)
-        shards = sorted({ev.position.shard for ev in events})
-        states: dict[int, ShardState] = {}
-        if shards:
-            cur.execute(
-                "SELECT shard, source_dc, epoch, last_seq, open_gaps FROM replication_state"
-                " WHERE shard = ANY(%s) ORDER BY shard FOR UPDATE",
-                (shards,),
-            )
-            states = {
-                shard: ShardState(dc, epoch, last, tuple((a, b) for a, b in gaps))
-                for shard, dc, epoch, last, gaps in cur.fetchall()
-            }
-        check = check_sequence(states, [ev.position for ev in events])
-        applied = [events[i] for i in check.apply]
-        clusters, checkpoints = rows_of(applied)
-        if clusters:
-            cur.copy_expert(
-                f"COPY stage_clusters ({', '.join(_CLUSTER_COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
-                csv_buffer(clusters),
-            )
-            cur.execute(_UPSERT_CLUSTERS)
-        if checkpoints:
-            cur.copy_expert(
-                f"COPY stage_checkpoints ({', '.join(_CHECKPOINT_COLUMNS)}) FROM STDIN"
-                " WITH (FORMAT csv, FORCE_NULL (payload))",
-                csv_buffer(checkpoints),
-            )
-            cur.execute(_UPSERT_CHECKPOINTS)
+        applied = _apply(cur, events)
+        store_refused(cur, refused)
         if next_offsets:
             execute_values(
                 cur,
@@ -240,43 +229,126 @@ def apply_batch(
                 " WHERE a.next_offset < EXCLUDED.next_offset",
                 [(t, p, o) for (t, p), o in next_offsets.items()],
             )
-        fenced = [events[i] for i in check.fenced]
-        touched = {ev.position.shard for ev in applied} | {ev.position.shard for ev in fenced}
-        if touched:
-            late = [events[i] for i in check.late]
+    return applied
 
-            def count(shard: int, items: Sequence[Incoming]) -> int:
-                return sum(1 for ev in items if ev.position.shard == shard)
 
-            execute_values(
-                cur,
-                "INSERT INTO replication_state AS r"
-                " (shard, source_dc, epoch, last_seq, open_gaps, gaps, late, fenced) VALUES %s"
-                " ON CONFLICT (shard) DO UPDATE SET source_dc = EXCLUDED.source_dc,"
-                " epoch = EXCLUDED.epoch, last_seq = EXCLUDED.last_seq,"
-                " open_gaps = EXCLUDED.open_gaps, gaps = r.gaps + EXCLUDED.gaps,"
-                " late = r.late + EXCLUDED.late, fenced = r.fenced + EXCLUDED.fenced,"
-                " last_applied_at = now()",
-                [
-                    (
-                        s,
-                        st.source_dc,
-                        st.epoch,
-                        st.last_seq,
-                        orjson.dumps(st.open_gaps).decode(),
-                        sum(1 for g in check.gaps if g.shard == s),
-                        count(s, late),
-                        count(s, fenced),
-                    )
-                    for s in sorted(touched)
-                    for st in [check.states[s]]
-                ],
-            )
-        if check.gaps:
-            execute_values(
-                cur,
-                "INSERT INTO replication_gaps (shard, source_dc, epoch, after_seq, before_seq)"
-                " VALUES %s",
-                [(g.shard, g.source_dc, g.epoch, g.after_seq, g.before_seq) for g in check.gaps],
-            )
+def refused_by_database(
+    conn: psycopg2.extensions.connection, events: Sequence[Incoming]
+) -> list[tuple[Incoming, psycopg2.Error]]:
+    """The events the database refuses with a :func:`permanent` error, each with its error,
+    found by applying halves of ``events`` in transactions that are always rolled back.
+
+    Empty when only a combination of events fails, never a single one. A transient error
+    is raised.
+    """
+    try:
+        with conn.cursor() as cur:
+            _apply(cur, events)
+        return []
+    except psycopg2.Error as e:
+        if not permanent(e):
+            raise
+        if len(events) == 1:
+            return [(events[0], e)]
+    finally:
+        conn.rollback()
+    half = len(events) // 2
+    return refused_by_database(conn, events[:half]) + refused_by_database(conn, events[half:])
+
+
+def permanent(error: psycopg2.Error) -> bool:
+    """True when the database refuses the data itself (data exception, integrity constraint
+    violation, a program limit such as a too large row): retrying cannot help. Lost
+    connections, serialization failures, deadlocks and shutdowns are transient."""
+    code = error.pgcode or ""
+    return code[:2] in ("22", "23", "54")
+
+
+def _apply(cur: psycopg2.extensions.cursor, events: Sequence[Incoming]) -> Applied:
+    """Sequence and upsert ``events`` in the cursor's transaction (steps 1 to 3 and 5)."""
+    cur.execute(_STAGING)
+    shards = sorted({ev.position.shard for ev in events})
+    states: dict[int, ShardState] = {}
+    if shards:
+        # FOR UPDATE locks only rows that exist: create a shard's first row before locking it,
+        # or two appliers overlapping in a rebalance would both start from nothing and the
+        # later commit would put an older last_seq back. Epoch 0 is below every real epoch.
+        execute_values(
+            cur,
+            "INSERT INTO replication_state (shard, source_dc, epoch, last_seq) VALUES %s"
+            " ON CONFLICT (shard) DO NOTHING",
+            sorted({(ev.position.shard, ev.position.source_dc, 0, 0) for ev in events}),
+        )
+        cur.execute(
+            "SELECT shard, source_dc, epoch, last_seq, open_gaps FROM replication_state"
+            " WHERE shard = ANY(%s) ORDER BY shard FOR UPDATE",
+            (shards,),
+        )
+        states = {
+            shard: ShardState(dc, epoch, last, tuple((a, b) for a, b in gaps))
+            for shard, dc, epoch, last, gaps in cur.fetchall()
+        }
+    check = check_sequence(states, [ev.position for ev in events])
+    applied = [events[i] for i in check.apply]
+    clusters, checkpoints = rows_of(applied)
+    if clusters:
+        cur.copy_expert(
+            f"COPY stage_clusters ({', '.join(_CLUSTER_COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
+            csv_buffer(clusters),
+        )
+        cur.execute(_UPSERT_CLUSTERS)
+    if checkpoints:
+        cur.copy_expert(
+            f"COPY stage_checkpoints ({', '.join(_CHECKPOINT_COLUMNS)}) FROM STDIN"
+            " WITH (FORMAT csv, FORCE_NULL (payload))",
+            csv_buffer(checkpoints),
+        )
+        cur.execute(_UPSERT_CHECKPOINTS)
+    fenced = [events[i] for i in check.fenced]
+    touched = {ev.position.shard for ev in applied} | {ev.position.shard for ev in fenced}
+    if touched:
+        _store_states(cur, check, touched, [events[i] for i in check.late], fenced)
+    if check.gaps:
+        execute_values(
+            cur,
+            "INSERT INTO replication_gaps (shard, source_dc, epoch, after_seq, before_seq)"
+            " VALUES %s",
+            [(g.shard, g.source_dc, g.epoch, g.after_seq, g.before_seq) for g in check.gaps],
+        )
     return Applied(applied, len(check.duplicates), fenced, check.gaps, len(check.late))
+
+
+def _store_states(
+    cur: psycopg2.extensions.cursor,
+    check: SequenceCheck,
+    touched: set[int],
+    late: Sequence[Incoming],
+    fenced: Sequence[Incoming],
+) -> None:
+    def count(shard: int, items: Sequence[Incoming]) -> int:
+        return sum(1 for ev in items if ev.position.shard == shard)
+
+    execute_values(
+        cur,
+        "INSERT INTO replication_state AS r"
+        " (shard, source_dc, epoch, last_seq, open_gaps, gaps, late, fenced) VALUES %s"
+        " ON CONFLICT (shard) DO UPDATE SET source_dc = EXCLUDED.source_dc,"
+        " epoch = EXCLUDED.epoch, last_seq = EXCLUDED.last_seq,"
+        " open_gaps = EXCLUDED.open_gaps, gaps = r.gaps + EXCLUDED.gaps,"
+        " late = r.late + EXCLUDED.late, fenced = r.fenced + EXCLUDED.fenced,"
+        " last_applied_at = now()",
+        [
+            (
+                s,
+                st.source_dc,
+                st.epoch,
+                st.last_seq,
+                orjson.dumps(st.open_gaps).decode(),
+                sum(1 for g in check.gaps if g.shard == s),
+                count(s, late),
+                count(s, fenced),
+            )
+            for s in sorted(touched)
+            for st in [check.states[s]]
+        ],
+    )

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from pipeline.errors import ConfigError, UnreachableError
+from pipeline.errors import ConfigError, UnreachableError, first_line
 from pipeline.ownership import seed_ownership
 from pipeline.topology import Topology
 
@@ -66,15 +66,26 @@ class ConnectionTimeouts:
     ends the session of a dead client host and releases what it held (the relay's advisory
     lock): about ``keepalive_idle_s + keepalive_interval_s * keepalive_count`` when idle,
     ``user_timeout_s`` when data goes unacknowledged. The defaults detect a dead peer in
-    about 11 s. Neither helps when something between the two ends keeps TCP alive (a proxy, a
+    12 s either way. Neither helps when something between the two ends keeps TCP alive (a proxy, a
     pooler): sessions that hold a lock also set :func:`connect`'s ``idle_session_timeout_s``.
     """
 
     connect_s: int = 5
-    keepalive_idle_s: int = 5
+    keepalive_idle_s: int = 6
     keepalive_interval_s: int = 2
     keepalive_count: int = 3
-    user_timeout_s: int = 10
+    user_timeout_s: int = 12
+
+    @classmethod
+    def detecting_in(cls, seconds: int) -> ConnectionTimeouts:
+        """Timeouts that notice a dead peer in about ``seconds`` (at least 3), idle or not:
+        half of it idle, then three probes over the other half."""
+        interval = max(1, seconds // 6)
+        return cls(
+            keepalive_idle_s=max(1, seconds - 3 * interval),
+            keepalive_interval_s=interval,
+            user_timeout_s=seconds,
+        )
 
 
 def connect(
@@ -115,8 +126,7 @@ def connect(
         )
     except psycopg2.OperationalError as e:
         host = psycopg2.extensions.parse_dsn(dsn).get("host", "?")
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UnreachableError(f"database at {host} is unreachable: {first}") from None
+        raise UnreachableError(f"database at {host} is unreachable: {first_line(e)}") from None
 
 
 def fetch_all(dsn: str, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:

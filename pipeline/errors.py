@@ -27,7 +27,15 @@ __all__ = [
     "TopicNameError",
     "UnknownFingerprintError",
     "UnreachableError",
+    "first_line",
 ]
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (database and Kafka errors run on with context
+    lines), or its class name when it has none: what a health report or a log line shows."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class PipelineError(Exception):

@@ -10,8 +10,9 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
+from typing import Protocol
 
-__all__ = ["stop_on_signals"]
+__all__ = ["Worker", "run_in_thread", "stop_on_signals"]
 
 
 def stop_on_signals() -> threading.Event:
@@ -25,3 +26,26 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     return stop
+
+
+class Worker(Protocol):
+    """A long-running worker: :meth:`run` until its stop event is set, then :meth:`close`."""
+
+    def run(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def run_in_thread(worker: Worker) -> threading.Thread:
+    """Run ``worker`` in a daemon thread of this process (benchmarks, tests), closing it when
+    :meth:`Worker.run` returns; set the worker's stop event and join the thread to end it."""
+
+    def target() -> None:
+        try:
+            worker.run()
+        finally:
+            worker.close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread

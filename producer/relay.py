@@ -44,6 +44,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from types import TracebackType
 from typing import Any
 
 import psycopg2
@@ -51,8 +52,9 @@ import psycopg2.extensions
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
+from pipeline.backpressure import produce_with_backpressure
 from pipeline.db import ConnectionTimeouts, connect
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, first_line
 from pipeline.kafka_config import KafkaSettings
 from pipeline.logging import get_logger
 from pipeline.topics import SHARD_MAX_MESSAGE_BYTES, shard_topic
@@ -228,7 +230,9 @@ class _Block:
 
 
 class Relay:
-    """The relay worker; :meth:`run` returns when ``stop`` is set (after the batch in flight)."""
+    """The relay worker; :meth:`run` returns when ``stop`` is set (after the batch in flight).
+
+    A context manager: leaving it gives up the lock and closes the producer."""
 
     def __init__(self, config: RelayConfig, stop: threading.Event):
         self.config = config
@@ -247,6 +251,24 @@ class Relay:
         self._next_backlog = 0.0
         self._labels = {"dc": config.dc}
         self._log = log.bind(dc=config.dc, instance=self.instance)
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Give the lock up and drop what the producer still holds (sent again by the next
+        relay: nothing unacknowledged is marked)."""
+        self._drop_connection()
+        self._producer.purge()
+        self._producer.flush(0)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy unless the last attempt failed or a shard is blocked or stuck; the role
@@ -285,9 +307,7 @@ class Relay:
                 if sent == 0:
                     self._wait_for_rows()
             except (psycopg2.Error, PipelineError) as e:
-                self.last_error = (
-                    str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                )
+                self.last_error = first_line(e)
                 self._log.warning("relay retrying", error=self.last_error, backoff_s=backoff)
                 self._drop_connection()
                 self.stop.wait(backoff)
@@ -306,8 +326,6 @@ class Relay:
         except (psycopg2.Error, PipelineError) as e:
             self._log.warning("relay stopping without marking the last rows", error=str(e))
         self._drop_connection()
-        self._producer.purge()
-        self._producer.flush(0)
 
     def _ensure_active(self) -> bool:
         if self._conn is None or self._conn.closed:
@@ -388,12 +406,14 @@ class Relay:
             ]
             flight.reports.append(_PENDING)
             try:
-                self._produce(
+                produce_with_backpressure(
+                    self._producer,
                     shard_topic(shard),
-                    bytes(payload),
-                    key.encode(),
-                    headers,
-                    partial(flight.on_delivery, len(flight.ids)),
+                    value=bytes(payload),
+                    key=key.encode(),
+                    partition=0,
+                    headers=headers,
+                    on_delivery=partial(flight.on_delivery, len(flight.ids)),
                 )
             except KafkaException as e:
                 flight.reports.pop()
@@ -411,24 +431,6 @@ class Relay:
             if not flight.ids:
                 del self._flights[shard]
         return list(flights.values())
-
-    def _produce(
-        self,
-        topic: str,
-        value: bytes,
-        key: bytes,
-        headers: list[tuple[str, str | bytes | None]],
-        cb: Any,
-    ) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    topic, value=value, key=key, partition=0, headers=headers, on_delivery=cb
-                )
-                return
-            except BufferError:
-                # The local queue is full: serve delivery reports to make room.
-                self._poll(0.05)
 
     def _poll(self, timeout_s: float) -> None:
         """Serve delivery reports; a fatal producer error marks the producer broken."""

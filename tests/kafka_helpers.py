@@ -101,3 +101,12 @@ def delete_topic(settings: KafkaSettings, topic: str) -> None:
     admin = AdminClient(settings.admin())
     for future in admin.delete_topics([topic]).values():
         future.result(timeout=15)
+
+
+def headers_of(msg: Message) -> dict[str, bytes]:
+    """A record's headers by name (the last of a repeated name), values as bytes."""
+    raw = msg.headers() or []
+    out: dict[str, bytes] = {}
+    for name, value in raw.items() if isinstance(raw, dict) else raw:
+        out[name] = value.encode() if isinstance(value, str) else (value or b"")
+    return out

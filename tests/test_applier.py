@@ -9,19 +9,27 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import psycopg2.extensions
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Message, Producer
+from prometheus_client import REGISTRY
 
 from bench.load import event_for
 from consumer.applier import Applier, ApplierConfig
+from consumer.sequencing import Position
+from consumer.store import Incoming, apply_batch
 from pipeline.admin import TopicSpec, ensure_topics, high_watermark
-from pipeline.codec import encode
+from pipeline.codec import decode_record, encode
 from pipeline.db import connect, fetch_all
 from pipeline.events import RestartCheckpoint
+from pipeline.shutdown import run_in_thread
+from pipeline.stack.toxiproxy import Proxy, Toxiproxy
 from pipeline.topics import DLQ_TOPIC, mirrored, shard_topic
 from tests.conftest import RunningStack
-from tests.kafka_helpers import read_to_end
+from tests.kafka_helpers import headers_of, read_to_end
+from tests.workers import free_port
 
 pytestmark = pytest.mark.stack
 
@@ -53,23 +61,26 @@ def fake_source(stack: RunningStack) -> Callable[[int], FakeSource]:
     return make
 
 
+RunApplier = Callable[..., Applier]
+
+
 @pytest.fixture
-def run_applier(stack: RunningStack) -> Iterator[Callable[[FakeSource], threading.Event]]:
+def run_applier(stack: RunningStack) -> Iterator[RunApplier]:
+    """Factory: an applier of ``source`` in a thread (``database``: another DSN of the
+    replica's database, e.g. through a proxy); stopped at the end of the test."""
     running: list[tuple[threading.Event, threading.Thread]] = []
 
-    def start(source: FakeSource) -> threading.Event:
+    def start(source: FakeSource, database: str | None = None) -> Applier:
         config = ApplierConfig(
             dc=REPLICA,
-            database=stack.dc(REPLICA).database,
+            database=database or stack.dc(REPLICA).database,
             kafka=stack.kafka(REPLICA),
             topics=(source.topic,),
             group=f"test-{uuid.uuid4().hex[:8]}",
         )
-        stop = threading.Event()
-        thread = threading.Thread(target=Applier(config, stop).run, daemon=True)
-        thread.start()
-        running.append((stop, thread))
-        return stop
+        applier = Applier(config, threading.Event())
+        running.append((applier.stop, run_in_thread(applier)))
+        return applier
 
     yield start
     for stop, thread in running:
@@ -100,12 +111,12 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
     raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
-def query(stack: RunningStack, sql: str, *args: object) -> list[tuple]:
+def query(stack: RunningStack, sql: str, *args: object) -> list[tuple[Any, ...]]:
     return fetch_all(stack.dc(REPLICA).database, sql, args)
 
 
 def test_bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied(
-    stack: RunningStack, fake_source, run_applier
+    stack: RunningStack, fake_source: Callable[[int], FakeSource], run_applier: RunApplier
 ) -> None:
     source = fake_source(98)
     dlq_start = high_watermark(stack.kafka(REPLICA), DLQ_TOPIC)
@@ -127,15 +138,15 @@ def test_bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied(
     letters = [
         m
         for m in read_to_end(stack.kafka(REPLICA), DLQ_TOPIC, dlq_start, 30)
-        if dict(m.headers())["source-topic"] == source.topic.encode()
+        if headers_of(m)["source-topic"] == source.topic.encode()
     ]
     assert len(letters) == 55
-    by_offset = {int(dict(m.headers())["source-offset"]): m for m in letters}
+    by_offset = {int(headers_of(m)["source-offset"]): m for m in letters}
     for offset, value in enumerate(values):
         if value in good:
             assert offset not in by_offset
             continue
-        headers = dict(by_offset[offset].headers())
+        headers = headers_of(by_offset[offset])
         assert by_offset[offset].value() == value
         expected = "MissingMarkerError" if value in garbage else "UnknownFingerprintError"
         assert headers["dlq-error"].decode() == expected
@@ -147,7 +158,7 @@ def test_bad_records_go_to_the_dead_letter_topic_and_the_rest_is_applied(
 
 
 def test_gap_and_fencing_are_recorded_and_a_replay_changes_nothing(
-    stack: RunningStack, fake_source, run_applier
+    stack: RunningStack, fake_source: Callable[[int], FakeSource], run_applier: RunApplier
 ) -> None:
     source = fake_source(97)
     checkpoint = event_for("99700001", 97)
@@ -176,7 +187,7 @@ def test_gap_and_fencing_are_recorded_and_a_replay_changes_nothing(
             ),
         ],
     )
-    stop = run_applier(source)
+    first = run_applier(source)
     state_sql = (
         "SELECT epoch, last_seq, gaps, fenced, open_gaps FROM replication_state WHERE shard = 97"
     )
@@ -204,7 +215,7 @@ def test_gap_and_fencing_are_recorded_and_a_replay_changes_nothing(
     ) == [(False,)]
 
     # Replay the whole topic with a fresh applier: no row changes, not even its applied_at.
-    stop.set()
+    first.stop.set()
     query(stack, "DELETE FROM applied_offsets WHERE topic = %s RETURNING 1", source.topic)
     run_applier(source)
     wait_for(
@@ -222,3 +233,175 @@ def test_gap_and_fencing_are_recorded_and_a_replay_changes_nothing(
     assert query(stack, "SELECT epoch, last_seq, gaps FROM replication_state WHERE shard = 97") == [
         (2, 2, 1)
     ]
+
+
+def dead_letters_of(stack: RunningStack, topic: str, start: int) -> list[Message]:
+    return [
+        m
+        for m in read_to_end(stack.kafka(REPLICA), DLQ_TOPIC, start, 30)
+        if headers_of(m)["source-topic"] == topic.encode()
+    ]
+
+
+def through(link: Proxy, stack: RunningStack) -> str:
+    """The replica's DSN through ``link``."""
+    port = stack.dc(REPLICA).database_port
+    return stack.dc(REPLICA).database.replace(f":{port}/", f":{link.port}/", 1)
+
+
+def test_an_event_the_database_refuses_is_dead_lettered_and_the_rest_applied(
+    stack: RunningStack, fake_source: Callable[[int], FakeSource], run_applier: RunApplier
+) -> None:
+    source = fake_source(96)
+    dlq_start = high_watermark(stack.kafka(REPLICA), DLQ_TOPIC)
+    # Valid Avro, but PostgreSQL stores no U+0000 in text or jsonb.
+    sample = event_for(f"{source.dc}-00005", source.shard)
+    refused = dataclasses.replace(
+        sample,
+        cluster=dataclasses.replace(sample.cluster, description="a NUL \x00 inside"),
+        owner_dc=source.dc,
+        epoch=1,
+        seq=5,
+    )
+    values = [event(source, s) for s in range(1, 5)]
+    values += [encode(refused)] + [event(source, s) for s in range(6, 11)]
+    produce(stack, source.topic, values)
+    run_applier(source)
+
+    state_sql = "SELECT last_seq, gaps FROM replication_state WHERE shard = %s"
+    wait_for(lambda: query(stack, state_sql, source.shard) == [(10, 1)], 30, "the rest applied")
+    count_sql = "SELECT count(*) FROM replica_clusters WHERE source_dc = %s"
+    assert query(stack, count_sql, source.dc) == [(9,)]
+    wait_for(lambda: len(dead_letters_of(stack, source.topic, dlq_start)) == 1, 30, "a letter")
+    [letter] = dead_letters_of(stack, source.topic, dlq_start)
+    headers = headers_of(letter)
+    assert headers["source-offset"] == b"4"
+    assert letter.value() == values[4]
+    assert headers["dlq-error"] == b"UntranslatableCharacter (22P05)"
+    assert b"database refused" in headers["dlq-reason"]
+
+
+@pytest.mark.slow
+def test_a_refused_record_becomes_one_dead_letter_however_often_its_batch_is_retried(
+    stack: RunningStack,
+    fake_source: Callable[[int], FakeSource],
+    run_applier: RunApplier,
+    toxiproxy: Toxiproxy,
+) -> None:
+    source = fake_source(95)
+    db = stack.dc(REPLICA)
+    link = toxiproxy.proxy(f"applier-db-{source.dc}", free_port(), f"127.0.0.1:{db.database_port}")
+    dlq_start = high_watermark(stack.kafka(REPLICA), DLQ_TOPIC)
+    applier = run_applier(source, database=through(link, stack))
+    wait_for(lambda: applier.health()[1]["assigned"] == 1, 30, "the applier is assigned")
+    try:
+        link.refuse()  # the database goes down after the assignment
+        garbage = [b"\x00" + os.urandom(30) for _ in range(3)]
+        produce(stack, source.topic, garbage + [event(source, s) for s in range(1, 6)])
+        wait_for(lambda: applier.last_error is not None, 30, "the batch fails")
+        time.sleep(10)  # retries with backoff: 0.1, 0.2, ... 5 s
+    finally:
+        link.accept()
+    state_sql = "SELECT last_seq FROM replication_state WHERE shard = %s"
+    wait_for(lambda: query(stack, state_sql, source.shard) == [(5,)], 60, "applied once up")
+    wait_for(lambda: len(dead_letters_of(stack, source.topic, dlq_start)) >= 3, 30, "letters")
+    time.sleep(2)
+    offsets = sorted(
+        int(headers_of(m)["source-offset"]) for m in dead_letters_of(stack, source.topic, dlq_start)
+    )
+    assert offsets == [0, 1, 2], f"one dead letter per refused record, not {offsets}"
+    link.remove()
+
+
+@pytest.mark.slow
+def test_partitions_wait_for_their_stored_offsets_while_the_database_is_down(
+    stack: RunningStack,
+    fake_source: Callable[[int], FakeSource],
+    run_applier: RunApplier,
+    toxiproxy: Toxiproxy,
+) -> None:
+    source = fake_source(94)
+    produce(stack, source.topic, [event(source, s) for s in range(1, 21)])
+    first = run_applier(source)
+    state_sql = "SELECT last_seq FROM replication_state WHERE shard = %s"
+    wait_for(lambda: query(stack, state_sql, source.shard) == [(20,)], 30, "20 applied")
+    first.stop.set()
+    produce(stack, source.topic, [event(source, s) for s in range(21, 31)])
+
+    db = stack.dc(REPLICA)
+    link = toxiproxy.proxy(f"applier-db-{source.dc}", free_port(), f"127.0.0.1:{db.database_port}")
+    link.refuse()
+    try:
+        second = run_applier(source, database=through(link, stack))
+        wait_for(
+            lambda: second.health()[1]["awaiting_offsets"] == [f"{source.topic}[0]"],
+            30,
+            "the partition waits for its stored offset",
+        )
+        duplicates = REGISTRY.get_sample_value("coopr_applier_duplicates_total", {"dc": REPLICA})
+        time.sleep(2)
+    finally:
+        link.accept()
+    wait_for(lambda: query(stack, state_sql, source.shard) == [(30,)], 30, "the rest applied")
+    after = REGISTRY.get_sample_value("coopr_applier_duplicates_total", {"dc": REPLICA})
+    assert after == duplicates, "the applier replayed from the beginning instead of offset 20"
+    wait_for(lambda: second.health()[0], 10, "healthy again")
+    link.remove()
+
+
+def test_two_appliers_racing_on_a_new_shard_never_put_an_older_seq_back(
+    stack: RunningStack, fake_source: Callable[[int], FakeSource]
+) -> None:
+    source = fake_source(93)
+    dsn = stack.dc(REPLICA).database
+    events = [incoming(source, s) for s in range(1, 11)]
+    holder = connect(dsn)
+    conns = [connect(dsn), connect(dsn)]
+    errors: list[BaseException] = []
+
+    def apply(
+        conn: psycopg2.extensions.connection,
+        batch: list[Incoming],
+        offsets: dict[tuple[str, int], int],
+    ) -> None:
+        try:
+            apply_batch(conn, batch, offsets)
+        except BaseException as e:  # surfaced by the test
+            errors.append(e)
+
+    def waiting(conn: psycopg2.extensions.connection) -> bool:
+        rows = fetch_all(
+            dsn,
+            "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+            (conn.get_backend_pid(),),
+        )
+        return rows == [("Lock",)]
+
+    try:
+        # The newer batch waits before its commit (it stores an offset, the table is locked)
+        # with its rows written; the older one reads the shard's state, then waits for those
+        # rows. So the older batch commits last, as in a rebalance that overlaps.
+        with holder.cursor() as cur:
+            cur.execute("LOCK TABLE applied_offsets IN EXCLUSIVE MODE")
+        newer = threading.Thread(target=apply, args=(conns[0], events, {(source.topic, 0): 10}))
+        newer.start()
+        wait_for(lambda: waiting(conns[0]), 10, "the newer batch waits")
+        older = threading.Thread(target=apply, args=(conns[1], events[:5], {}))
+        older.start()
+        wait_for(lambda: waiting(conns[1]), 10, "the older batch waits")
+        holder.rollback()
+        newer.join(30)
+        older.join(30)
+    finally:
+        for conn in (holder, *conns):
+            conn.close()
+    assert not errors
+    state_sql = "SELECT last_seq FROM replication_state WHERE shard = %s"
+    assert query(stack, state_sql, source.shard) == [(10,)]
+
+
+def incoming(source: FakeSource, seq: int) -> Incoming:
+    payload = event(source, seq)
+    name, record = decode_record(payload)
+    position = Position(source.shard, source.dc, 1, seq)
+    return Incoming(source.topic, 0, seq - 1, position, name, record, payload)

@@ -77,7 +77,7 @@ class Toxiproxy:
 
 
 class Proxy:
-    """One proxy: cut, heal, remove."""
+    """One proxy: cut and heal (a hung link), refuse and accept (a server down), remove."""
 
     def __init__(self, server: Toxiproxy, name: str, port: int):
         self.server = server
@@ -99,6 +99,14 @@ class Proxy:
         for toxic, _ in _CUT:
             if toxic in toxics:
                 self.server.call("DELETE", f"/proxies/{self.name}/toxics/{toxic}")
+
+    def refuse(self) -> None:
+        """Refuse connections and close the open ones, as a server that is down does."""
+        self.server.call("POST", f"/proxies/{self.name}", {"enabled": False})
+
+    def accept(self) -> None:
+        """Accept connections again."""
+        self.server.call("POST", f"/proxies/{self.name}", {"enabled": True})
 
     def remove(self) -> None:
         self.server.call("DELETE", f"/proxies/{self.name}")
