@@ -104,22 +104,28 @@ _COLLATERAL = frozenset(
 )
 #: Per shard, unpublished rows in id order, cut at the row and byte limits (the first row of
 #: a round is always taken, whatever its size). A blocked shard due for a retry sends one row.
+#: The cut is computed on ids and sizes only, so that no payload is sorted; the caller puts
+#: the rows in id order.
 _FETCH = """
-SELECT id, shard, epoch, seq, event_type, event_key, payload, created
-FROM (
-    SELECT o.*, sum(o.size) OVER (ORDER BY o.id) - o.size AS before
+WITH candidates AS (
+    SELECT c.id, c.size
     FROM shard_ownership s CROSS JOIN LATERAL (
-        SELECT id, shard, epoch, seq, event_type, event_key, payload,
-               extract(epoch FROM created_at) AS created, octet_length(payload) AS size
+        SELECT id, octet_length(payload) AS size
         FROM outbox
         WHERE outbox.shard = s.shard AND published_at IS NULL
         ORDER BY id
         LIMIT CASE WHEN s.shard = ANY(%(probe)s) THEN 1 ELSE %(rows)s END
-    ) o
+    ) c
     WHERE s.shard <> ALL(%(skip)s)
-) w
-WHERE before < %(bytes)s
-ORDER BY id
+), chosen AS (
+    SELECT id FROM (
+        SELECT id, sum(size) OVER (ORDER BY id) - size AS before FROM candidates
+    ) w
+    WHERE before < %(bytes)s
+)
+SELECT o.id, o.shard, o.epoch, o.seq, o.event_type, o.event_key, o.payload,
+       extract(epoch FROM o.created_at)
+FROM outbox o JOIN chosen USING (id)
 """
 
 
@@ -380,7 +386,7 @@ class Relay:
                     "bytes": self.config.batch_bytes,
                 },
             )
-            rows = cur.fetchall()
+            rows = sorted(cur.fetchall(), key=lambda row: row[0])  # id: seq order in a shard
         if not rows:
             return 0
         flights = self._send(rows)
