@@ -34,7 +34,7 @@ def _dc_rows(topology: Topology) -> list[list[object]]:
     rows: list[list[object]] = []
     for dc in topology.dcs:
         role = "witness" if dc.witness else f"owns {len(initially_owned(topology, dc.name))} shards"
-        rows.append([dc.name, dc.kafka, "-" if dc.witness else dc.database, role])
+        rows.append([dc.name, dc.kafka, "-" if dc.witness else dc.database_redacted, role])
     return rows
 
 
@@ -115,7 +115,7 @@ def stack_status(fmt: str, run_dir: Path) -> None:
             {
                 "name": dc.name,
                 "kafka": dc.kafka,
-                "database": None if dc.witness else dc.database,
+                "database": None if dc.witness else dc.database_redacted,
                 "witness": dc.witness,
             }
             for dc in (topology.dcs if topology else ())

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pipeline.dsn import redact_dsn
 from pipeline.errors import ConfigError
 
 __all__ = ["DataCenter", "Topology", "load_topology", "parse_topology"]
@@ -38,12 +39,19 @@ _HOST_PORT = re.compile(r"[A-Za-z0-9._-]+:\d{1,5}")
 
 @dataclass(frozen=True, slots=True)
 class DataCenter:
-    """One DC: its name, Kafka bootstrap servers and database DSN."""
+    """One DC: its name, Kafka bootstrap servers and database DSN.
+
+    The DSN may hold a password, so reprs, logs and tables show ``database_redacted``.
+    """
 
     name: str
     kafka: str
-    database: str
+    database: str = field(repr=False)
     witness: bool = False
+    database_redacted: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "database_redacted", redact_dsn(self.database))
 
     @property
     def kafka_port(self) -> int:
@@ -177,7 +185,8 @@ def parse_topology(raw: Mapping[str, Any], *, source: str = "<memory>") -> Topol
             "postgresql",
             "postgres",
         ):
-            raise fail(f"must be a postgresql:// DSN, not {database!r}", f"{where}.database")
+            shown = redact_dsn(database) if isinstance(database, str) else database
+            raise fail(f"must be a postgresql:// DSN, not {shown!r}", f"{where}.database")
         witness = entry.get("witness", False)
         if not isinstance(witness, bool):
             raise fail(f"must be true or false, not {witness!r}", f"{where}.witness")
