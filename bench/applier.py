@@ -30,7 +30,6 @@ from pipeline.codec import decode_record, encode
 from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
-from pipeline.ownership import initially_owned
 from pipeline.shutdown import run_in_thread
 from pipeline.stack.processes import stop
 from pipeline.stats import percentile
@@ -167,7 +166,7 @@ def bench_replication_delay(
     A relay (owner) and an applier (replica) run as worker processes, MirrorMaker 2 between.
     Per event: the replica row's ``applied_at`` minus the time the writer's commit returned.
     """
-    shards = [s for s in initially_owned(topology, owner) if replica in topology.replica_list(s)]
+    shards = [s for s in topology.owned_shards(owner) if replica in topology.replica_list(s)]
     workers = [
         start_worker(kind, dc, topology) for kind, dc in (("relay", owner), ("applier", replica))
     ]

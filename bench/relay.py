@@ -30,7 +30,6 @@ from pipeline.codec import encode
 from pipeline.db import connect
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
-from pipeline.ownership import initially_owned
 from pipeline.shutdown import run_in_thread
 from pipeline.stack.processes import stop
 from pipeline.stats import percentile
@@ -148,7 +147,7 @@ def _relay_until_empty(config: RelayConfig, timeout_s: float = 300.0) -> float:
 def bench_relay_throughput(topology: Topology, dc: str, *, count: int = 50_000) -> RelayThroughput:
     """Relay throughput and, in the same run, bare librdkafka on the same bytes."""
     site = topology.dc(dc)
-    shards = list(initially_owned(topology, dc))
+    shards = list(topology.owned_shards(dc))
     kafka = KafkaSettings(site.kafka, client_id="coopr-bench-relay")
     config = RelayConfig(dc=dc, database=site.database, kafka=kafka)
     _relay_until_empty(config)  # rows left by others must not count
@@ -184,10 +183,10 @@ def bench_relay_latency(
     relay = start_worker("relay", dc, topology, "--poll-interval", "0.5")
     try:
         # Warm-up: a few events through the relay, so its start is not measured.
-        publish_at_rate(site.database, list(initially_owned(topology, dc)), rate=10, seconds=0.5)
+        publish_at_rate(site.database, list(topology.owned_shards(dc)), rate=10, seconds=0.5)
         _wait_empty(site.database, 60)
         committed, achieved = publish_at_rate(
-            site.database, list(initially_owned(topology, dc)), rate=rate, seconds=seconds
+            site.database, list(topology.owned_shards(dc)), rate=rate, seconds=seconds
         )
         _wait_empty(site.database, 60)
         published = dict(_published_at(site.database, list(committed)))

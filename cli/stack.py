@@ -9,7 +9,6 @@ import click
 
 from cli.options import run_dir_option
 from cli.render import table, to_json
-from pipeline.ownership import initially_owned
 from pipeline.stack.processes import StackState
 from pipeline.stack.runtime import deploy_dir
 from pipeline.topology import Topology, load_topology
@@ -33,8 +32,8 @@ def stack() -> None:
 def _dc_rows(topology: Topology) -> list[list[object]]:
     rows: list[list[object]] = []
     for dc in topology.dcs:
-        role = "witness" if dc.witness else f"owns {len(initially_owned(topology, dc.name))} shards"
-        rows.append([dc.name, dc.kafka, "-" if dc.witness else dc.database, role])
+        role = "witness" if dc.witness else f"owns {len(topology.owned_shards(dc.name))} shards"
+        rows.append([dc.name, dc.kafka, "-" if dc.witness else dc.database_redacted, role])
     return rows
 
 
@@ -115,7 +114,7 @@ def stack_status(fmt: str, run_dir: Path) -> None:
             {
                 "name": dc.name,
                 "kafka": dc.kafka,
-                "database": None if dc.witness else dc.database,
+                "database": None if dc.witness else dc.database_redacted,
                 "witness": dc.witness,
             }
             for dc in (topology.dcs if topology else ())

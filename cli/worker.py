@@ -40,6 +40,31 @@ def serve_while(
         run()
 
 
+def check_schema(dc: str, database: str) -> None:
+    """Refuse to start against a database whose migrations are not exactly this release's (a
+    landed file edited since, a newer release, migrations missing); one that cannot be reached
+    now is not checked, since the worker waits for it anyway."""
+    from pipeline.db import check_migrations, connect
+    from pipeline.errors import MigrationError, UnreachableError
+    from pipeline.logging import get_logger
+
+    try:
+        conn = connect(database)
+    except UnreachableError as e:
+        get_logger("cli.worker").warning("migrations not checked", dc=dc, error=str(e))
+        return
+    try:
+        pending = check_migrations(conn)
+    finally:
+        conn.close()
+    if pending:
+        raise MigrationError(
+            f"{dc}'s database lacks {len(pending)} migrations of this release"
+            f" ({', '.join(m.filename for m in pending)}): run `coopr-pipeline db migrate"
+            f" --dc {dc}` first"
+        )
+
+
 @worker.command("relay")
 @click.option("--dc", required=True, help="The DC whose outbox to publish.")
 @topology_option
@@ -105,6 +130,7 @@ def worker_relay(
 
     topology = load_topology(topology_file)
     site = topology.dc(dc)
+    check_schema(dc, site.database)
     config = RelayConfig(
         dc=dc,
         database=site.database,
@@ -146,6 +172,7 @@ def worker_applier(
 
     topology = load_topology(topology_file)
     site = topology.dc(dc)
+    check_schema(dc, site.database)
     config = ApplierConfig(
         dc=dc,
         database=site.database,

@@ -1,29 +1,34 @@
 """The DC's database: connections and versioned migrations.
 
 Migrations are the files ``pipeline/migrations/NNNN_name.sql``, applied in order, each in
-its own transaction together with its row in ``schema_migrations``; a session advisory
-lock makes concurrent ``migrate`` calls wait for each other instead of racing.
-A released migration is never edited: a change is a new file.
+its own transaction together with its row in ``schema_migrations`` (version, name, sha256 of
+the file); a session advisory lock makes concurrent ``migrate`` calls wait for each other
+instead of racing. A landed migration is never edited: a change is a new file. So a database
+whose recorded checksum differs from the shipped file, or that has a version this release
+does not ship (a newer release migrated it), is refused before anything is applied.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions
 
-from pipeline.errors import ConfigError, UnreachableError, first_line
+from pipeline.errors import ConfigError, MigrationError, UnreachableError, first_line
 from pipeline.ownership import seed_ownership
 from pipeline.topology import Topology
 
 __all__ = [
     "ConnectionTimeouts",
     "Migration",
+    "check_migrations",
     "connect",
     "fetch_all",
     "migrate",
@@ -31,7 +36,6 @@ __all__ = [
     "prepare",
 ]
 
-_MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 _NAME = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # Any constant works; it only has to be the same in every process that migrates.
 _MIGRATE_LOCK = 0x636F6F7072
@@ -39,21 +43,38 @@ _MIGRATE_LOCK = 0x636F6F7072
 
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """One migration file: its version number, name and SQL."""
+    """One migration file: its version number, name, SQL and the sha256 of its bytes (hex)."""
 
     version: int
     name: str
     sql: str
+    checksum: str
+
+    @property
+    def filename(self) -> str:
+        """The file's name: ``0003_coopr_state.sql``."""
+        return f"{self.version:04d}_{self.name}.sql"
 
 
-def migrations() -> list[Migration]:
-    """Every shipped migration, in version order."""
+def migrations(source: Traversable | None = None) -> list[Migration]:
+    """Every migration in ``source`` (default: the shipped ``pipeline/migrations``), in order."""
+    folder = source if source is not None else files("pipeline") / "migrations"
     found = []
-    for path in sorted(_MIGRATIONS_DIR.glob("*.sql")):
-        m = _NAME.fullmatch(path.name)
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        m = _NAME.fullmatch(entry.name)
         if m is None:
-            raise ConfigError("migration files are named NNNN_name.sql", source=str(path))
-        found.append(Migration(int(m.group(1)), m.group(2), path.read_text(encoding="utf-8")))
+            raise ConfigError("migration files are named NNNN_name.sql", source=str(entry))
+        body = entry.read_bytes()
+        found.append(
+            Migration(
+                version=int(m.group(1)),
+                name=m.group(2),
+                sql=body.decode("utf-8"),
+                checksum=hashlib.sha256(body).hexdigest(),
+            )
+        )
     return found
 
 
@@ -140,12 +161,69 @@ def fetch_all(dsn: str, sql: str, args: Sequence[object] = ()) -> list[tuple[Any
         conn.close()
 
 
-def migrate(dsn: str, dc: str) -> list[Migration]:
-    """Apply the migrations the database lacks and bind it to ``dc``; returns those applied.
+def _recorded(cur: psycopg2.extensions.cursor) -> dict[int, tuple[str, str | None]]:
+    """Version -> (name, checksum) of each migration ``schema_migrations`` records; {} if none.
 
-    Raises :class:`ConfigError` when the database already belongs to another DC.
+    The checksum is None in rows applied before checksums were recorded.
     """
-    applied: list[Migration] = []
+    cur.execute("SELECT 1 WHERE to_regclass('schema_migrations') IS NOT NULL")
+    if cur.fetchone() is None:
+        return {}
+    # to_jsonb reads the column where it exists and NULL where it does not yet, so that a
+    # check of a database from before checksums need not add it.
+    cur.execute("SELECT version, name, to_jsonb(m) ->> 'checksum' FROM schema_migrations m")
+    return {version: (name, checksum) for version, name, checksum in cur.fetchall()}
+
+
+def _pending(
+    recorded: Mapping[int, tuple[str, str | None]], shipped: Sequence[Migration]
+) -> list[Migration]:
+    """The ``shipped`` migrations not yet applied; :class:`MigrationError` unless every
+    recorded one is shipped, unchanged."""
+    by_version = {m.version: m for m in shipped}
+    unknown = sorted(set(recorded) - set(by_version))
+    if unknown:
+        version, (name, _) = unknown[-1], recorded[unknown[-1]]
+        raise MigrationError(
+            f"the database has migration {version:04d}_{name}.sql, which this release does not"
+            " ship: a newer release migrated it; run that release or a newer one against it"
+        )
+    for version, (name, checksum) in sorted(recorded.items()):
+        shipped_as = by_version[version]
+        if name != shipped_as.name:
+            changed = f"applied as {version:04d}_{name}.sql"
+        elif checksum is not None and checksum != shipped_as.checksum:
+            changed = f"sha256 {shipped_as.checksum[:12]}..., applied {checksum[:12]}..."
+        else:
+            continue
+        raise MigrationError(
+            f"migration {shipped_as.filename} is not the file applied to this database"
+            f" ({changed}): a migration that has landed is never edited; restore it and add a"
+            " new migration instead"
+        )
+    return [m for m in shipped if m.version not in recorded]
+
+
+def check_migrations(
+    conn: psycopg2.extensions.connection, shipped: Sequence[Migration] | None = None
+) -> list[Migration]:
+    """Verify the database's migrations against ``shipped`` (default: this release's) without
+    changing anything; returns those it lacks. Read in the connection's transaction.
+
+    Raises :class:`MigrationError` when a recorded migration is not shipped, or not unchanged.
+    """
+    with conn.cursor() as cur:
+        return _pending(_recorded(cur), migrations() if shipped is None else shipped)
+
+
+def migrate(dsn: str, dc: str, shipped: Sequence[Migration] | None = None) -> list[Migration]:
+    """Apply the ``shipped`` migrations (default: this release's) the database lacks and bind
+    it to ``dc``; returns those applied.
+
+    Raises :class:`MigrationError`, having applied nothing, as :func:`check_migrations` does,
+    and :class:`ConfigError` when the database already belongs to another DC.
+    """
+    shipped = migrations() if shipped is None else shipped
     conn = connect(dsn)
     try:
         conn.autocommit = True
@@ -153,24 +231,29 @@ def migrate(dsn: str, dc: str) -> list[Migration]:
             cur.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
         conn.autocommit = False
         with conn, conn.cursor() as cur:
+            # Created here, not by a migration: it is what records the migrations.
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version integer PRIMARY KEY, name text NOT NULL,"
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
-        for migration in migrations():
+            cur.execute("ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text")
+            recorded = _recorded(cur)
+            pending = _pending(recorded, shipped)
+            # Rows from before checksums: the file shipped now is taken for the one applied.
+            for m in shipped:
+                if m.version in recorded and recorded[m.version][1] is None:
+                    cur.execute(
+                        "UPDATE schema_migrations SET checksum = %s WHERE version = %s",
+                        (m.checksum, m.version),
+                    )
+        for migration in pending:
             with conn, conn.cursor() as cur:
-                cur.execute(
-                    "SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,)
-                )
-                if cur.fetchone() is not None:
-                    continue
                 cur.execute(migration.sql)
                 cur.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
-                    (migration.version, migration.name),
+                    "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, migration.checksum),
                 )
-                applied.append(migration)
         with conn, conn.cursor() as cur:
             cur.execute("INSERT INTO local_dc (name) VALUES (%s) ON CONFLICT DO NOTHING", (dc,))
             cur.execute("SELECT name FROM local_dc")
@@ -184,7 +267,7 @@ def migrate(dsn: str, dc: str) -> list[Migration]:
     finally:
         # Closing the session releases the advisory lock.
         conn.close()
-    return applied
+    return pending
 
 
 def prepare(topology: Topology, dc: str) -> list[Migration]:

@@ -15,6 +15,7 @@ __all__ = [
     "EventTooLargeError",
     "IncompatibleSchemaError",
     "InvalidEventError",
+    "MigrationError",
     "MissingMarkerError",
     "NotOwnerError",
     "OwnershipError",
@@ -178,3 +179,8 @@ class ClusterBusyError(PipelineError):
             f"cluster {cluster_id} is busy with job {running_job_id}: "
             "wait for it to end before starting another"
         )
+
+
+class MigrationError(PipelineError):
+    """The database's migrations are not this release's: a landed file was edited, or a newer
+    release migrated the database. Nothing was changed."""

@@ -17,7 +17,6 @@ __all__ = [
     "INITIAL_EPOCH",
     "OWNERSHIP_CHANNEL",
     "ShardOwner",
-    "initially_owned",
     "read_ownership",
     "seed_ownership",
 ]
@@ -35,11 +34,6 @@ class ShardOwner:
     owner_dc: str
     epoch: int
     writable: bool
-
-
-def initially_owned(topology: Topology, dc: str) -> tuple[int, ...]:
-    """The shards ``dc`` owns before any failover (what a fresh stack lets it publish)."""
-    return tuple(s for s in range(topology.shard_count) if topology.initial_owner(s) == dc)
 
 
 def seed_ownership(conn: psycopg2.extensions.connection, topology: Topology, dc: str) -> int:

@@ -22,28 +22,36 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
+from pipeline.dsn import redact_dsn
 from pipeline.errors import ConfigError
+from pipeline.topics import is_dc_name
 
 __all__ = ["DataCenter", "Topology", "load_topology", "parse_topology"]
 
-_DC_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
 _HOST_PORT = re.compile(r"[A-Za-z0-9._-]+:\d{1,5}")
 
 
 @dataclass(frozen=True, slots=True)
 class DataCenter:
-    """One DC: its name, Kafka bootstrap servers and database DSN."""
+    """One DC: its name, Kafka bootstrap servers and database DSN.
+
+    The DSN may hold a password, so reprs, logs and tables show ``database_redacted``.
+    """
 
     name: str
     kafka: str
-    database: str
+    database: str = field(repr=False)
     witness: bool = False
+    database_redacted: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "database_redacted", redact_dsn(self.database))
 
     @property
     def kafka_port(self) -> int:
@@ -88,6 +96,10 @@ class Topology:
         """The DC that owns ``shard`` before any failover."""
         data = self.data_dcs
         return data[shard % len(data)].name
+
+    def owned_shards(self, dc: str) -> tuple[int, ...]:
+        """The shards ``dc`` owns before any failover (what a fresh stack lets it publish)."""
+        return tuple(s for s in range(self.shard_count) if self.initial_owner(s) == dc)
 
     def replica_list(self, shard: int) -> tuple[str, ...]:
         """The ordered replicas of ``shard``: the first live one takes it over on failover."""
@@ -136,59 +148,78 @@ def load_topology(path: str | Path) -> Topology:
 
 def parse_topology(raw: Mapping[str, Any], *, source: str = "<memory>") -> Topology:
     """Validate a topology already read into a mapping."""
-
-    def fail(message: str, field_name: str) -> ConfigError:
-        return ConfigError(message, field=field_name, source=source)
-
     unknown = set(raw) - {"shard_count", "replicas", "dc"}
     if unknown:
-        raise fail("unknown setting", sorted(unknown)[0])
+        raise ConfigError("unknown setting", field=sorted(unknown)[0], source=source)
     shard_count = raw.get("shard_count")
-    if (
-        not isinstance(shard_count, int)
-        or isinstance(shard_count, bool)
-        or not 1 <= shard_count <= 1000
-    ):
-        raise fail(f"must be a whole number from 1 to 1000, not {shard_count!r}", "shard_count")
-    entries = raw.get("dc")
-    if not isinstance(entries, list) or not entries:
-        raise fail("needs at least one [[dc]] entry", "dc")
-
-    dcs: list[DataCenter] = []
-    for i, entry in enumerate(entries):
-        where = f"dc[{i}]"
-        if not isinstance(entry, dict):
-            raise fail("must be a table", where)
-        extra = set(entry) - {"name", "kafka", "database", "witness"}
-        if extra:
-            raise fail("unknown setting", f"{where}.{sorted(extra)[0]}")
-        name = entry.get("name")
-        if not isinstance(name, str) or not _DC_NAME.fullmatch(name):
-            raise fail(f"must be lower case letters, digits or '-', not {name!r}", f"{where}.name")
-        if any(dc.name == name for dc in dcs):
-            raise fail(f"DC {name!r} is listed twice", f"{where}.name")
-        kafka = entry.get("kafka")
-        if not isinstance(kafka, str) or not all(
-            _HOST_PORT.fullmatch(s.strip()) for s in kafka.split(",")
-        ):
-            raise fail(f"must be host:port[,host:port...], not {kafka!r}", f"{where}.kafka")
-        database = entry.get("database")
-        if not isinstance(database, str) or urlsplit(database).scheme not in (
-            "postgresql",
-            "postgres",
-        ):
-            raise fail(f"must be a postgresql:// DSN, not {database!r}", f"{where}.database")
-        witness = entry.get("witness", False)
-        if not isinstance(witness, bool):
-            raise fail(f"must be true or false, not {witness!r}", f"{where}.witness")
-        dcs.append(DataCenter(name=name, kafka=kafka, database=database, witness=witness))
-
+    if not _is_whole(shard_count) or not 1 <= shard_count <= 1000:
+        raise ConfigError(
+            f"must be a whole number from 1 to 1000, not {shard_count!r}",
+            field="shard_count",
+            source=source,
+        )
+    dcs = _parse_dcs(raw.get("dc"), source)
     data = [dc for dc in dcs if not dc.witness]
     if len(data) < 2:
-        raise fail("needs at least two DCs that are not witnesses", "dc")
-    replicas = raw.get("replicas", 1)
-    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas < len(data):
-        raise fail(
-            f"must be from 1 to {len(data) - 1} (data DCs - 1), not {replicas!r}", "replicas"
+        raise ConfigError(
+            "needs at least two DCs that are not witnesses", field="dc", source=source
         )
-    return Topology(dcs=tuple(dcs), shard_count=shard_count, replicas=replicas, source=source)
+    replicas = raw.get("replicas", 1)
+    if not _is_whole(replicas) or not 1 <= replicas < len(data):
+        raise ConfigError(
+            f"must be from 1 to {len(data) - 1} (data DCs - 1), not {replicas!r}",
+            field="replicas",
+            source=source,
+        )
+    return Topology(dcs=dcs, shard_count=shard_count, replicas=replicas, source=source)
+
+
+def _is_whole(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is an integer; TOML's ``true`` is a bool, which Python counts as one."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_dcs(entries: object, source: str) -> tuple[DataCenter, ...]:
+    """The ``[[dc]]`` entries, in file order."""
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("needs at least one [[dc]] entry", field="dc", source=source)
+    dcs: list[DataCenter] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError("must be a table", field=f"dc[{i}]", source=source)
+        dcs.append(_parse_dc(entry, f"dc[{i}]", [dc.name for dc in dcs], source))
+    return tuple(dcs)
+
+
+def _parse_dc(
+    entry: Mapping[str, Any], where: str, taken: Collection[str], source: str
+) -> DataCenter:
+    """One ``[[dc]]`` entry, named ``where`` in errors (``dc[2]``); ``taken``: earlier names."""
+
+    def fail(message: str, key: str) -> ConfigError:
+        return ConfigError(message, field=f"{where}.{key}", source=source)
+
+    extra = set(entry) - {"name", "kafka", "database", "witness"}
+    if extra:
+        raise fail("unknown setting", sorted(extra)[0])
+    name = entry.get("name")
+    if not isinstance(name, str) or not is_dc_name(name):
+        raise fail(f"must be lower case letters, digits or '-', not {name!r}", "name")
+    if name in taken:
+        raise fail(f"DC {name!r} is listed twice", "name")
+    kafka = entry.get("kafka")
+    if not isinstance(kafka, str) or not all(
+        _HOST_PORT.fullmatch(s.strip()) for s in kafka.split(",")
+    ):
+        raise fail(f"must be host:port[,host:port...], not {kafka!r}", "kafka")
+    database = entry.get("database")
+    if not isinstance(database, str) or urlsplit(database).scheme not in (
+        "postgresql",
+        "postgres",
+    ):
+        shown = redact_dsn(database) if isinstance(database, str) else database
+        raise fail(f"must be a postgresql:// DSN, not {shown!r}", "database")
+    witness = entry.get("witness", False)
+    if not isinstance(witness, bool):
+        raise fail(f"must be true or false, not {witness!r}", "witness")
+    return DataCenter(name=name, kafka=kafka, database=database, witness=witness)

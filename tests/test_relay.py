@@ -6,9 +6,11 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
+import psycopg2.extensions
 import pytest
 
 from bench.load import event_for
@@ -21,11 +23,12 @@ from pipeline.errors import (
     NotOwnerError,
     ShardNotWritableError,
 )
+from pipeline.events import OperationCompleted, RestartCheckpoint
 from pipeline.stack import up
 from pipeline.stack.processes import StackState, stop
 from pipeline.stack.toxiproxy import Toxiproxy
 from pipeline.topics import SHARD_MAX_MESSAGE_BYTES, shard_topic
-from producer.outbox import publish
+from producer.outbox import Published, publish
 from producer.relay import Relay, RelayConfig
 from tests.conftest import RunningStack
 from tests.kafka_helpers import delete_topic, read_to_end, set_topic_config
@@ -65,9 +68,7 @@ def relays(stack: RunningStack) -> Iterator[list[RelayProcess]]:
 
 
 def owned_shards(stack: RunningStack, dc: str, count: int) -> list[int]:
-    return [s for s in range(stack.topology.shard_count) if stack.topology.initial_owner(s) == dc][
-        :count
-    ]
+    return list(stack.topology.owned_shards(dc)[:count])
 
 
 def backlog(dsn: str) -> int:
@@ -75,7 +76,7 @@ def backlog(dsn: str) -> int:
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            return int(cur.fetchone()[0])
+            return int(cast("tuple[Any, ...]", cur.fetchone())[0])
     finally:
         conn.close()
 
@@ -88,7 +89,7 @@ def wait_drained(dsn: str, timeout_s: float) -> None:
 
 
 def assert_complete_and_ordered(
-    stack: RunningStack, dc: str, starts: dict[int, int], written
+    stack: RunningStack, dc: str, starts: dict[int, int], written: Sequence[Published]
 ) -> int:
     """Every written event is in its shard topic, in seq order, no gap; returns duplicates."""
     duplicates = 0
@@ -97,7 +98,7 @@ def assert_complete_and_ordered(
         records = read_to_end(stack.kafka(dc), shard_topic(shard), start, timeout_s=60)
         seen: list[tuple[int, int]] = []
         for msg in records:
-            event = decode(msg.value())
+            event = cast("OperationCompleted | RestartCheckpoint", decode(cast(bytes, msg.value())))
             pos = (event.epoch, event.seq)
             if seen and pos <= seen[-1]:
                 duplicates += 1
@@ -134,10 +135,10 @@ def test_publish_refuses_a_shard_owned_elsewhere_naming_the_owner(stack: Running
         conn.close()
 
 
-def last_seq(conn, shard: int) -> int:
+def last_seq(conn: psycopg2.extensions.connection, shard: int) -> int:
     with conn.cursor() as cur:
         cur.execute("SELECT last_seq FROM shard_ownership WHERE shard = %s", (shard,))
-        return int(cur.fetchone()[0])
+        return int(cast("tuple[Any, ...]", cur.fetchone())[0])
 
 
 @pytest.mark.parametrize(
@@ -160,7 +161,9 @@ def last_seq(conn, shard: int) -> int:
     ids=["invalid", "too-large"],
 )
 def test_a_refused_event_takes_no_seq_even_when_the_caller_commits(
-    stack: RunningStack, spoil, error
+    stack: RunningStack,
+    spoil: Callable[[OperationCompleted], OperationCompleted],
+    error: type[Exception],
 ) -> None:
     shard = owned_shards(stack, DC, 1)[0]
     ids = cluster_ids_of(shard, 16, start=30_000_000)
@@ -273,13 +276,15 @@ def test_one_relay_active_and_the_standby_takes_over(
 
 
 def test_sigterm_exits_zero_and_relay_reports_unreachable_database(
-    stack: RunningStack, tmp_path
+    stack: RunningStack, tmp_path: Path
 ) -> None:
     bad = tmp_path / "topology.toml"
     bad.write_text(stack.topology_file.read_text().replace(str(stack.dc(DC).database_port), "1", 1))
     relay = WorkerProcess(bad, "worker", "relay", "--dc", DC)
     relay.wait_health("role", "standby", 15)
-    assert relay.health()["last_error"].startswith("database at 127.0.0.1 is unreachable")
+    assert cast("dict[str, Any]", relay.health())["last_error"].startswith(
+        "database at 127.0.0.1 is unreachable"
+    )
     assert relay.terminate() == 0
     assert "unreachable" in relay.output() and "Traceback" not in relay.output()
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +15,7 @@ from pipeline.stack.runtime import deploy_dir
 from pipeline.topology import load_topology, parse_topology
 
 
-def topology(dcs: int = 3, replicas: int = 1, shards: int = 16) -> dict:
+def topology(dcs: int = 3, replicas: int = 1, shards: int = 16) -> dict[str, Any]:
     return tomllib.loads(local_topology_toml(dcs, shard_count=shards, replicas=replicas))
 
 
@@ -30,6 +32,8 @@ def test_owners_and_replicas_follow_the_ring() -> None:
     assert t.replica_list(2) == ("dc1",)
     assert t.dc_set(1) == ("dc2", "dc3")
     assert t.shards_of("dc1") == (0, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15)
+    assert t.owned_shards("dc1") == (0, 3, 6, 9, 12, 15)
+    assert t.owned_shards("dc2") == (1, 4, 7, 10, 13)
 
 
 def test_flows_carry_shards_whose_set_holds_both_ends() -> None:
@@ -59,6 +63,7 @@ def test_witness_owns_nothing_but_is_a_dc() -> None:
     t = parse_topology(raw)
     assert [dc.name for dc in t.data_dcs] == ["dc1", "dc2", "dc3"]
     assert t.shards_of("witness") == ()
+    assert t.owned_shards("witness") == ()
     assert t.dc("witness").witness
 
 
@@ -78,7 +83,9 @@ def test_witness_owns_nothing_but_is_a_dc() -> None:
         (lambda r: r.update(dc=r["dc"][:1]), "dc"),
     ],
 )
-def test_a_wrong_setting_names_its_field(change, field: str) -> None:
+def test_a_wrong_setting_names_its_field(
+    change: Callable[[dict[str, Any]], object], field: str
+) -> None:
     raw = topology()
     change(raw)
     with pytest.raises(ConfigError) as caught:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import base64
-import subprocess
 import uuid
 from pathlib import Path
 
-from pipeline.errors import StackError
-from pipeline.stack.processes import ProcessRecord, spawn
+from pipeline.stack.processes import KAFKA, ProcessRecord, process_name, run_to_completion, spawn
 from pipeline.stack.runtime import deploy_dir, java, kafka_classpath
 from pipeline.topology import DataCenter
 
-__all__ = ["JVM_OPTS", "broker_properties", "java_argv", "start_broker"]
+__all__ = ["JVM_OPTS", "broker_properties", "java_argv", "new_cluster_id", "start_broker"]
 
 #: Heap at most 512 MB; G1 with a short pause goal keeps mirror latency steady.
 JVM_OPTS = (
@@ -40,6 +38,18 @@ def java_argv(main_class: str, *args: str) -> list[str]:
         main_class,
         *args,
     ]
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 random bytes as 22 characters of urlsafe base64.
+
+    Never one that starts with ``-``, which command-line parsers take for an option; Kafka's
+    own ``Uuid.randomUuid()`` skips those ids for the same reason.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def broker_properties(dc: DataCenter, data_dir: Path) -> str:
@@ -82,18 +92,19 @@ def start_broker(dc: DataCenter, root: Path, log: Path) -> ProcessRecord:
     root.mkdir(parents=True, exist_ok=True)
     config.write_text(broker_properties(dc, data))
     if not (data / "meta.properties").exists():
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        fmt = subprocess.run(
-            java_argv("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
-            capture_output=True,
-            text=True,
-            check=False,
+        # The ``=`` form keeps the id one argument whatever it starts with.
+        run_to_completion(
+            java_argv(
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={new_cluster_id()}",
+                "--config",
+                str(config),
+            ),
+            what=f"formatting the Kafka log dir of {dc.name}",
         )
-        if fmt.returncode != 0:
-            output = (fmt.stdout + fmt.stderr)[-800:]
-            raise StackError(f"formatting the Kafka log dir of {dc.name} failed: {output}")
     return spawn(
-        f"kafka-{dc.name}",
+        process_name(KAFKA, dc.name),
         java_argv("kafka.Kafka", str(config)),
         log=log,
         ports=(dc.kafka_port, dc.kafka_port + 1),
