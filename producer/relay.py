@@ -522,10 +522,10 @@ class Relay:
             return
         assert self._conn is not None
         with self._conn.cursor() as cur:
+            # By primary key only: a published_at condition would let the planner walk the
+            # partial index of unpublished rows, testing each against the whole id list.
             cur.execute(
-                "UPDATE outbox SET published_at = clock_timestamp()"
-                " WHERE id = ANY(%s) AND published_at IS NULL",
-                (ids,),
+                "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(%s)", (ids,)
             )
         PUBLISHED.labels(**self._labels).inc(len(ids))
         now = time.time()
