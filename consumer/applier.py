@@ -35,7 +35,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any
 
 import psycopg2
@@ -65,6 +64,7 @@ from pipeline.db import ConnectionTimeouts, connect
 from pipeline.errors import CodecError, PipelineError, TopicNameError, first_line
 from pipeline.kafka_config import KafkaSettings
 from pipeline.logging import get_logger
+from pipeline.shutdown import Closeable
 from pipeline.topics import mirrored, parse_mirrored_shard, shard_topic
 from pipeline.topology import Topology
 
@@ -138,7 +138,7 @@ class _Batch:
     next_offsets: dict[tuple[str, int], int]
 
 
-class Applier:
+class Applier(Closeable):
     """The applier worker; :meth:`run` returns when ``stop`` is set (after the batch in
     flight). A context manager: leaving it closes the consumer (leaving the group at once),
     the dead-letter producer and the database connection."""
@@ -155,17 +155,6 @@ class Applier:
         self._awaiting: dict[tuple[str, int], TopicPartition] = {}
         self._labels = {"dc": config.dc}
         self._log = log.bind(dc=config.dc)
-
-    def __enter__(self) -> Applier:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Leave the group, flush the dead letters in flight, close the connection."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from types import TracebackType
 
 import psycopg2.extensions
 from confluent_kafka import KafkaError, Message, Producer
@@ -31,6 +30,7 @@ from psycopg2.extras import execute_values
 
 from pipeline.backpressure import produce_with_backpressure
 from pipeline.kafka_config import KafkaSettings
+from pipeline.shutdown import Closeable
 from pipeline.topics import DLQ_TOPIC
 
 __all__ = ["DeadLetterShipper", "RefusedRecord", "store_refused"]
@@ -61,7 +61,7 @@ def store_refused(cur: psycopg2.extensions.cursor, records: Sequence[RefusedReco
         )
 
 
-class DeadLetterShipper:
+class DeadLetterShipper(Closeable):
     """Ships ``dead_letters`` rows to the DC's ``coopr.dlq`` (idempotent producer, records
     that never time out) and deletes each row once acknowledged. Not thread-safe."""
 
@@ -72,17 +72,6 @@ class DeadLetterShipper:
         self._in_flight: set[int] = set()
         self._acknowledged: list[int] = []
         self.failures = 0
-
-    def __enter__(self) -> DeadLetterShipper:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Wait up to ``timeout_s`` for queued letters; the rows of the others stay and are

@@ -10,10 +10,11 @@ import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from pipeline.shutdown import Closeable
 
 __all__ = ["HealthFn", "ObservabilityServer"]
 
@@ -21,7 +22,7 @@ __all__ = ["HealthFn", "ObservabilityServer"]
 HealthFn = Callable[[], tuple[bool, dict[str, Any]]]
 
 
-class ObservabilityServer:
+class ObservabilityServer(Closeable):
     """Serves /metrics and /healthz on ``host:port`` (port 0: any free port) in a daemon thread.
 
     Loopback by default: the endpoints have no authentication. A context manager: leaving the
@@ -65,14 +66,3 @@ class ObservabilityServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-    def __enter__(self) -> ObservabilityServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

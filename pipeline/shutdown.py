@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import signal
 import threading
-from types import FrameType
-from typing import Protocol
+from types import FrameType, TracebackType
+from typing import Protocol, Self
 
-__all__ = ["Worker", "run_in_thread", "stop_on_signals"]
+__all__ = ["Closeable", "Worker", "run_in_thread", "stop_on_signals"]
 
 
 def stop_on_signals() -> threading.Event:
@@ -49,3 +49,21 @@ def run_in_thread(worker: Worker) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread
+
+
+class Closeable:
+    """A context manager whose exit calls :meth:`close` (workers, producers, servers)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -44,7 +44,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from types import TracebackType
 from typing import Any
 
 import psycopg2
@@ -57,6 +56,7 @@ from pipeline.db import ConnectionTimeouts, connect
 from pipeline.errors import ConfigError, PipelineError, first_line
 from pipeline.kafka_config import KafkaSettings
 from pipeline.logging import get_logger
+from pipeline.shutdown import Closeable
 from pipeline.topics import SHARD_MAX_MESSAGE_BYTES, shard_topic
 from producer.outbox import OUTBOX_CHANNEL
 
@@ -235,7 +235,7 @@ class _Block:
     failures: int
 
 
-class Relay:
+class Relay(Closeable):
     """The relay worker; :meth:`run` returns when ``stop`` is set (after the batch in flight).
 
     A context manager: leaving it gives up the lock and closes the producer."""
@@ -257,17 +257,6 @@ class Relay:
         self._next_backlog = 0.0
         self._labels = {"dc": config.dc}
         self._log = log.bind(dc=config.dc, instance=self.instance)
-
-    def __enter__(self) -> Relay:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Give the lock up and drop what the producer still holds (sent again by the next

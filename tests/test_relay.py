@@ -298,6 +298,15 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> fl
     return time.monotonic() - start
 
 
+def start_active(stack: RunningStack, relays: list[RelayProcess]) -> RelayProcess:
+    """An active relay of DC, once it published what earlier tests wrote."""
+    relay = RelayProcess(stack)
+    relays.append(relay)
+    relay.wait_role("active", 30)
+    wait_drained(stack.dc(DC).database, 60)
+    return relay
+
+
 def shard_backlog(dsn: str, shard: int) -> int:
     rows = fetch_all(
         dsn, "SELECT count(*) FROM outbox WHERE published_at IS NULL AND shard = %s", (shard,)
@@ -311,10 +320,7 @@ def test_a_record_kafka_refuses_blocks_only_its_shard_until_it_is_fixed(
 ) -> None:
     dsn, kafka = stack.dc(DC).database, stack.kafka(DC)
     victim, *others = owned_shards(stack, DC, 6)[-3:]
-    relay = RelayProcess(stack)
-    relays.append(relay)
-    relay.wait_role("active", 30)
-    wait_drained(dsn, 60)
+    relay = start_active(stack, relays)
     starts = {s: high_watermark(kafka, shard_topic(s)) for s in (victim, *others)}
     # The topic now takes records of at most 1,000 bytes: every event of the shard is refused
     # by the broker, a fatal error for an idempotent producer that keeps order.
@@ -347,10 +353,7 @@ def test_a_deleted_shard_topic_holds_back_only_its_shard(
 ) -> None:
     dsn, kafka = stack.dc(DC).database, stack.kafka(DC)
     victim, *others = owned_shards(stack, DC, 6)[-3:]
-    relay = RelayProcess(stack)
-    relays.append(relay)
-    relay.wait_role("active", 30)
-    wait_drained(dsn, 60)
+    relay = start_active(stack, relays)
     starts = {s: high_watermark(kafka, shard_topic(s)) for s in others}
     delete_topic(kafka, shard_topic(victim))
     try:
