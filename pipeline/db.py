@@ -150,7 +150,9 @@ def connect(
         raise UnreachableError(f"database at {host} is unreachable: {first_line(e)}") from None
 
 
-def fetch_all(dsn: str, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+def fetch_all(
+    dsn: str, sql: str, args: Sequence[object] | Mapping[str, object] = ()
+) -> list[tuple[Any, ...]]:
     """Run one statement in its own connection and transaction; its rows ([] for none)."""
     conn = connect(dsn)
     try:

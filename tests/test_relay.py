@@ -29,7 +29,7 @@ from pipeline.stack.processes import StackState, stop
 from pipeline.stack.toxiproxy import Toxiproxy
 from pipeline.topics import SHARD_MAX_MESSAGE_BYTES, shard_topic
 from producer.outbox import Published, publish
-from producer.relay import Relay, RelayConfig
+from producer.relay import _FETCH, Relay, RelayConfig
 from tests.conftest import RunningStack
 from tests.kafka_helpers import delete_topic, read_to_end, set_topic_config
 from tests.outbox_helpers import EventWriter, cluster_ids_of, publish_events
@@ -450,3 +450,26 @@ def test_a_standby_takes_over_within_30_s_when_the_active_relays_database_link_h
         link.heal()
         link.remove()
     print(f"the standby took over {took:.1f} s after the link was cut")
+
+
+def test_a_round_takes_at_most_its_byte_limit_but_always_one_row(
+    stack: RunningStack, relays: list[RelayProcess]
+) -> None:
+    dsn = stack.dc(DC).database
+    start_active(stack, relays).terminate()
+    shard = owned_shards(stack, DC, 1)[0]
+    written = publish_events(dsn, shard, 16, 10)  # about 1,160 bytes each
+    others = [s for s in range(stack.topology.shard_count) if s != shard]
+
+    def fetch(limit: int) -> list[tuple[Any, ...]]:
+        args = {"probe": [], "skip": others, "rows": 5000, "bytes": limit}
+        return fetch_all(dsn, _FETCH, args)
+
+    try:
+        three = fetch(3000)
+        assert sorted(r[3] for r in three) == [p.seq for p in written[:3]]
+        assert len(fetch(10)) == 1, "a row larger than the limit still goes, alone"
+        assert len(fetch(10**9)) == 10
+    finally:
+        relays.append(RelayProcess(stack))
+        wait_drained(dsn, 60)
