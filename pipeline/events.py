@@ -26,6 +26,7 @@ __all__ = [
     "Cluster",
     "ClusterAction",
     "ClusterStatus",
+    "Echo",
     "Event",
     "Heartbeat",
     "Job",
@@ -36,6 +37,8 @@ __all__ = [
     "OwnershipChangeReason",
     "ProvisionerAction",
     "RestartCheckpoint",
+    "ShardOwnerView",
+    "ShardPromise",
     "Task",
     "TaskStatus",
     "json_ready",
@@ -397,8 +400,80 @@ class RestartCheckpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class Echo:
+    """The latest heartbeat of DC ``dc`` (instance ``controller_id``, ``number``) that the
+    sender received, ``age_ms`` before it sent its own."""
+
+    dc: str
+    controller_id: str
+    number: int
+    age_ms: int
+
+    def to_record(self) -> dict[str, Any]:
+        """The Avro record (a dict fastavro writes)."""
+        return {
+            "dc": self.dc,
+            "controller_id": self.controller_id,
+            "number": self.number,
+            "age_ms": self.age_ms,
+        }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> Echo:
+        """Build from an Avro record as fastavro reads it."""
+        return cls(r["dc"], r["controller_id"], r["number"], r["age_ms"])
+
+
+@dataclass(frozen=True, slots=True)
+class ShardPromise:
+    """The highest epoch the sender promised for ``shard``; ``heard_owner``: it had heard the
+    shard's owner within the failure timeout when it promised."""
+
+    shard: int
+    epoch: int
+    heard_owner: bool
+
+    def to_record(self) -> dict[str, Any]:
+        """The Avro record (a dict fastavro writes)."""
+        return {"shard": self.shard, "epoch": self.epoch, "heard_owner": self.heard_owner}
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> ShardPromise:
+        """Build from an Avro record as fastavro reads it."""
+        return cls(r["shard"], r["epoch"], r["heard_owner"])
+
+
+@dataclass(frozen=True, slots=True)
+class ShardOwnerView:
+    """A shard's owner and epoch as the sender applies them, and whether it may write it."""
+
+    shard: int
+    owner_dc: str
+    epoch: int
+    writable: bool
+
+    def to_record(self) -> dict[str, Any]:
+        """The Avro record (a dict fastavro writes)."""
+        return {
+            "shard": self.shard,
+            "owner_dc": self.owner_dc,
+            "epoch": self.epoch,
+            "writable": self.writable,
+        }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> ShardOwnerView:
+        """Build from an Avro record as fastavro reads it."""
+        return cls(r["shard"], r["owner_dc"], r["epoch"], r["writable"])
+
+
+@dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """A controller's proof of life; ``alive_dcs`` are the DCs it sees alive, itself included."""
+    """A controller's proof of life; ``alive_dcs`` are the DCs it sees alive, itself included.
+
+    The protocol's fields (``docs/ownership.md``): ``number`` (increasing per controller
+    instance), the ``echoes`` of others' heartbeats, the ``promises`` per shard, the
+    ``owners`` it applies, and ``fenced`` when it hears fewer than a majority."""
 
     RECORD_NAME: ClassVar[str] = "Heartbeat"
 
@@ -407,6 +482,11 @@ class Heartbeat:
     dc: str
     controller_id: str
     alive_dcs: tuple[str, ...]
+    number: int = 0
+    echoes: tuple[Echo, ...] = ()
+    promises: tuple[ShardPromise, ...] = ()
+    owners: tuple[ShardOwnerView, ...] = ()
+    fenced: bool = False
 
     def to_record(self) -> dict[str, Any]:
         """The Avro record (a dict fastavro writes)."""
@@ -416,17 +496,27 @@ class Heartbeat:
             "dc": self.dc,
             "controller_id": self.controller_id,
             "alive_dcs": list(self.alive_dcs),
+            "number": self.number,
+            "echoes": [e.to_record() for e in self.echoes],
+            "promises": [p.to_record() for p in self.promises],
+            "owners": [o.to_record() for o in self.owners],
+            "fenced": self.fenced,
         }
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> Heartbeat:
-        """Build from an Avro record as fastavro reads it."""
+        """Build from an Avro record as fastavro reads it (a v1 record gets the defaults)."""
         return cls(
             event_id=r["event_id"],
             occurred_at=r["occurred_at"],
             dc=r["dc"],
             controller_id=r["controller_id"],
             alive_dcs=tuple(r["alive_dcs"]),
+            number=r["number"],
+            echoes=tuple(Echo.from_record(e) for e in r["echoes"]),
+            promises=tuple(ShardPromise.from_record(p) for p in r["promises"]),
+            owners=tuple(ShardOwnerView.from_record(o) for o in r["owners"]),
+            fenced=r["fenced"],
         )
 
 

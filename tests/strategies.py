@@ -16,6 +16,7 @@ from pipeline.events import (
     Cluster,
     ClusterAction,
     ClusterStatus,
+    Echo,
     Event,
     Heartbeat,
     Job,
@@ -26,6 +27,8 @@ from pipeline.events import (
     OwnershipChangeReason,
     ProvisionerAction,
     RestartCheckpoint,
+    ShardOwnerView,
+    ShardPromise,
     Task,
     TaskStatus,
 )
@@ -152,6 +155,17 @@ heartbeats = st.builds(
     dc=texts,
     controller_id=texts,
     alive_dcs=_tuples(texts),
+    number=int64s,
+    echoes=_tuples(st.builds(Echo, dc=texts, controller_id=texts, number=int64s, age_ms=int64s)),
+    promises=_tuples(
+        st.builds(ShardPromise, shard=int32s, epoch=int64s, heard_owner=st.booleans())
+    ),
+    owners=_tuples(
+        st.builds(
+            ShardOwnerView, shard=int32s, owner_dc=texts, epoch=int64s, writable=st.booleans()
+        )
+    ),
+    fenced=st.booleans(),
 )
 
 ownership_changes = st.builds(

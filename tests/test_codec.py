@@ -160,7 +160,7 @@ def test_every_truncation_is_reported(event: Event) -> None:
 
 def test_truncated_body_reason() -> None:
     message = codec.encode(sample_heartbeat())
-    with pytest.raises(CorruptBodyError, match="Heartbeat v1 body at offset 10 is corrupt: trunc"):
+    with pytest.raises(CorruptBodyError, match="Heartbeat v2 body at offset 10 is corrupt: trunc"):
         codec.decode_record(message[:-1])
 
 

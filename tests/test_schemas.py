@@ -103,7 +103,8 @@ def test_fingerprint_is_crc64_avro_of_the_canonical_form(version: SchemaVersion)
 
 
 def test_shipped_schemas_follow_the_rules() -> None:
-    assert check_shipped_schemas() == 1
+    # Every pair of versions checked: OperationCompleted v1-v2, Heartbeat v1-v2.
+    assert check_shipped_schemas() == 2
 
 
 def test_v1_and_v2_are_fully_compatible() -> None:
@@ -259,3 +260,14 @@ def test_bad_schema_directories(tmp_path: Path, files: dict[str, Any], message: 
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match=f"does not exist \\(set {SCHEMA_DIR_ENV}\\)"):
         load_schemas(tmp_path / "absent")
+
+
+def test_heartbeat_v2_only_adds_the_protocols_fields_with_defaults() -> None:
+    v1, v2 = catalog().versions("Heartbeat")
+    check_full_compatibility(v1, v2)
+    check_full_compatibility(v2, v1)
+    old = [f["name"] for f in v1.raw["fields"]]
+    new = [f["name"] for f in v2.raw["fields"]]
+    assert new[: len(old)] == old
+    assert new[len(old) :] == ["number", "echoes", "promises", "owners", "fenced"]
+    assert all("default" in f for f in v2.raw["fields"][len(old) :])
