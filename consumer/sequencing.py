@@ -4,7 +4,10 @@ Pure logic over the shard's replication state, so it is unit-tested without a da
 ``(epoch, seq)`` is compared lexicographically; seq restarts at 1 in every epoch and grows
 by one per event. For each event, in the order it was read:
 
-- epoch older than the shard's current epoch: **fenced** (counted, never applied);
+- epoch older than the shard's current epoch: applied if a claim recorded a **cut** for that
+  epoch (the last seq of it the new owner applied, ``docs/ownership.md``) and the seq is at
+  most the cut, the old owner's **tail** that this replica may see after the new owner's first
+  events; otherwise **fenced** (counted, never applied);
 - same epoch, seq inside a gap still open in that epoch: a **late** event, applied (the
   upsert's ``(epoch, seq)`` guard keeps any newer row) and the gap narrowed;
 - same epoch, any other seq not above the last applied: **duplicate** (already applied);
@@ -60,6 +63,8 @@ class SequenceCheck:
 
     apply: list[int] = field(default_factory=list)
     late: list[int] = field(default_factory=list)
+    #: Events of an older epoch at or below its cut: applied.
+    tail: list[int] = field(default_factory=list)
     fenced: list[int] = field(default_factory=list)
     duplicates: list[int] = field(default_factory=list)
     gaps: list[Gap] = field(default_factory=list)
@@ -75,14 +80,24 @@ def _narrow(gaps: tuple[tuple[int, int], ...], seq: int) -> tuple[tuple[int, int
     return None
 
 
-def check_sequence(states: Mapping[int, ShardState], events: Iterable[Position]) -> SequenceCheck:
+def check_sequence(
+    states: Mapping[int, ShardState],
+    events: Iterable[Position],
+    cuts: Mapping[tuple[int, int], int] | None = None,
+) -> SequenceCheck:
     """Classify ``events`` (in read order) against ``states``; ``result.states`` is the new
-    state of every shard the batch touched."""
+    state of every shard the batch touched. ``cuts`` maps (shard, epoch) to the last seq of
+    that epoch a claim took over."""
     result = SequenceCheck(states=dict(states))
     for i, ev in enumerate(events):
         state = result.states.get(ev.shard)
         if state is not None and ev.epoch < state.epoch:
-            result.fenced.append(i)
+            cut = (cuts or {}).get((ev.shard, ev.epoch))
+            if cut is not None and ev.seq <= cut:
+                result.tail.append(i)
+                result.apply.append(i)
+            else:
+                result.fenced.append(i)
             continue
         if state is not None and ev.epoch == state.epoch:
             if ev.seq <= state.last_seq:

@@ -70,3 +70,20 @@ def test_gaps_of_an_older_epoch_cannot_be_filled() -> None:
 def test_shards_are_independent() -> None:
     result = check_sequence({}, [pos(1, shard=1), pos(1, shard=2), pos(2, shard=1)])
     assert result.apply == [0, 1, 2] and not result.gaps
+
+
+def test_the_old_owners_tail_up_to_the_cut_is_applied_after_the_new_epoch() -> None:
+    # The new owner (epoch 65) claimed with cut 7: it had applied epoch 1 up to seq 7. This
+    # replica saw its first events before the old owner's seqs 6 and 7.
+    state = {3: ShardState("dc2", 65, 2)}
+    result = check_sequence(
+        state, [pos(6), pos(7), pos(8), pos(3, epoch=65, dc="dc2")], cuts={(3, 1): 7}
+    )
+    assert result.tail == [0, 1] and result.apply == [0, 1, 3]
+    assert result.fenced == [2], "beyond the cut: the old owner's orphan"
+    assert result.states[3] == ShardState("dc2", 65, 3, ())
+
+
+def test_without_a_cut_every_event_of_an_older_epoch_is_fenced() -> None:
+    result = check_sequence({3: ShardState("dc2", 65, 2)}, [pos(1), pos(7)], cuts={(4, 1): 9})
+    assert result.fenced == [0, 1] and not result.apply
