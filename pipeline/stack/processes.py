@@ -269,14 +269,15 @@ def kill(record: ProcessRecord, *, timeout_s: float = 10.0) -> bool:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     # Wait until each is gone, not only dead: PostgreSQL refuses to start while the pid in
-    # its lock file exists, and a zombie does until its parent reaps it (reaped here when the
-    # parent is this process, as in the tests; by init after a CLI command exits).
+    # its lock file exists, and a zombie does until its parent reaps it (this process, which
+    # reaps it here, or init after a CLI command exits). A zombie whose parent still runs (a
+    # demo worker, reaped by the demo when it ends) holds nothing the DC's restart needs.
     deadline = time.monotonic() + timeout_s
     while True:
         for pid in tree:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-        left = [pid for pid in tree if Path(f"/proc/{pid}").exists()]
+        left = [pid for pid in tree if _awaited(pid)]
         if not left:
             return True
         if time.monotonic() >= deadline:
@@ -285,6 +286,17 @@ def kill(record: ProcessRecord, *, timeout_s: float = 10.0) -> bool:
             log.warning("killed processes not reaped yet", process=record.name, pids=left)
             return True
         time.sleep(0.05)
+
+
+def _awaited(pid: int) -> bool:
+    """Whether :func:`kill` still waits for ``pid``: alive, or a zombie that this process or
+    init is about to reap."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state, ppid = stat.rsplit(")", 1)[-1].split()[:2]
+    return state != "Z" or int(ppid) in (1, os.getpid())
 
 
 # Workers that a command such as ``demo`` starts against the stack are recorded one file each
