@@ -1,4 +1,5 @@
-"""Cold start time and memory of a local stack of N DCs, in its own run dir and ports."""
+"""Cold start time and memory of a local stack of N DCs, in its own run dir and ports: a
+broker, a database and a MirrorMaker 2 per DC and the links' toxiproxy."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.stack import down, local_topology_toml, up
-from pipeline.stack.processes import StackState
+from pipeline.stack.processes import StackState, process_tree
 
 __all__ = ["StackFootprint", "bench_stack", "resident_memory_mb"]
 
@@ -24,37 +25,19 @@ class StackFootprint:
 
 
 def resident_memory_mb(run_dir: Path) -> tuple[float, int]:
-    """Resident memory (MiB) of every process of the stack and its descendants, and their count.
-
-    Descendants, not process groups: PostgreSQL's backends call setsid() and leave the group.
-    """
+    """Resident memory (MiB) of every process of the stack and its descendants, and their count."""
     state = StackState.load(run_dir)
-    roots = {r.pid for r in state.processes.values()} if state else set()
-    parent: dict[int, int] = {}
-    rss_kb: dict[int, int] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
+    members = process_tree({r.pid for r in state.processes.values()} if state else set())
+    rss_kb = 0
+    for pid in members:
         try:
-            stat = (proc / "stat").read_text()
-            status = (proc / "status").read_text()
+            status = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             continue
-        pid = int(proc.name)
-        parent[pid] = int(stat.rsplit(")", 1)[1].split()[1])
-        rss_kb[pid] = next(
+        rss_kb += next(
             (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
         )
-
-    def in_stack(pid: int) -> bool:
-        while pid > 1:
-            if pid in roots:
-                return True
-            pid = parent.get(pid, 0)
-        return False
-
-    members = [pid for pid in rss_kb if in_stack(pid)]
-    return sum(rss_kb[pid] for pid in members) / 1024.0, len(members)
+    return rss_kb / 1024.0, len(members)
 
 
 def bench_stack(dcs: int = 3, *, base_port: int = 39090) -> StackFootprint:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pipeline.db import connect
 from pipeline.logging import get_logger
-from pipeline.stack.processes import ProcessRecord, spawn, stop
+from pipeline.stack.processes import ProcessRecord, forget_worker, record_worker, spawn, stop
 from pipeline.stats import percentile
 from pipeline.topology import Topology
 
@@ -39,8 +39,9 @@ class DemoRow:
 
 
 def _workers(
-    topology: Topology, topology_file: Path, logs: Path, rate: float, duration_s: float
+    topology: Topology, topology_file: Path, run_dir: Path, rate: float, duration_s: float
 ) -> list[ProcessRecord]:
+    """Start every DC's workers, each recorded with its DC so that ``stack kill-dc`` kills it."""
     cli = [sys.executable, "-m", "cli", "--log-json"]
     started = []
     for i, dc in enumerate(topology.data_dcs):
@@ -63,14 +64,10 @@ def _workers(
             ),
         ):
             argv = [*cli, *args, "--topology", str(topology_file)]
-            started.append(
-                spawn(
-                    f"demo-{name}-{dc.name}",
-                    argv,
-                    log=logs / f"demo-{name}-{dc.name}.log",
-                    ports=(),
-                )
-            )
+            worker = f"demo-{name}-{dc.name}"
+            record = spawn(worker, argv, log=run_dir / "logs" / f"{worker}.log", ports=())
+            record_worker(run_dir, dc.name, record)
+            started.append(record)
     return started
 
 
@@ -84,7 +81,7 @@ def run_demo(
 ) -> list[DemoRow]:
     """Run every worker for ``duration_s`` seconds at ``rate`` events/s per DC; report."""
     since = datetime.now(UTC)
-    workers = _workers(topology, topology_file, run_dir / "logs", rate, duration_s)
+    workers = _workers(topology, topology_file, run_dir, rate, duration_s)
     try:
         deadline = time.monotonic() + duration_s
         while time.monotonic() < deadline:
@@ -95,6 +92,7 @@ def run_demo(
     finally:
         for record in workers:
             stop(record, sig=signal.SIGTERM, timeout_s=60)
+            forget_worker(run_dir, record.name)
     return [_report(dc.name, dc.database, since) for dc in topology.data_dcs]
 
 

@@ -1,17 +1,23 @@
-"""``coopr-pipeline stack``: the local multi-DC stack (up, status, down)."""
+"""``coopr-pipeline stack``: the local multi-DC stack (up, status, down) and its drills
+(kill-dc, start-dc, partition, heal, slow)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cli.options import run_dir_option
 from cli.render import table, to_json
+from pipeline.stack.layout import MAX_DCS
 from pipeline.stack.processes import StackState
 from pipeline.stack.runtime import deploy_dir
 from pipeline.topology import Topology, load_topology
+
+if TYPE_CHECKING:
+    from pipeline.stack.links import Link, LinkStatus
 
 __all__ = ["running_stack", "stack"]
 
@@ -26,7 +32,8 @@ def running_stack(run_dir: Path) -> StackState:
 
 @click.group()
 def stack() -> None:
-    """The local multi-DC stack: a Kafka broker and a Postgres per DC, and MirrorMaker 2."""
+    """The local multi-DC stack: a Kafka broker, a Postgres and a MirrorMaker 2 per DC, and
+    links between the DCs that drills can cut or slow."""
 
 
 def _dc_rows(topology: Topology) -> list[list[object]]:
@@ -37,6 +44,12 @@ def _dc_rows(topology: Topology) -> list[list[object]]:
     return rows
 
 
+def _link_rows(topology: Topology) -> list[LinkStatus]:
+    from pipeline.stack.links import link_status
+
+    return link_status(topology)
+
+
 def _print_stack(run_dir: Path) -> bool:
     from pipeline.stack import status
 
@@ -45,8 +58,9 @@ def _print_stack(run_dir: Path) -> bool:
     if state is None or not rows:
         click.echo(f"no stack in {run_dir}")
         return False
+    topology = load_topology(state.topology)
     click.echo(f"topology: {state.topology}")
-    click.echo(table(["DC", "KAFKA", "DATABASE", "ROLE"], _dc_rows(load_topology(state.topology))))
+    click.echo(table(["DC", "KAFKA", "DATABASE", "ROLE"], _dc_rows(topology)))
     click.echo()
     click.echo(
         table(
@@ -57,13 +71,20 @@ def _print_stack(run_dir: Path) -> bool:
             ],
         )
     )
+    click.echo()
+    click.echo(
+        table(
+            ["LINK", "PROXY", "UPSTREAM", "STATE"],
+            [[r.link.name, r.link.address, r.link.upstream, r.state] for r in _link_rows(topology)],
+        )
+    )
     return all(r.healthy for r in rows)
 
 
 @stack.command("up")
 @click.option(
     "--dcs",
-    type=click.IntRange(2, 9),
+    type=click.IntRange(2, MAX_DCS),
     default=None,
     help="Generate a topology of N DCs on loopback [default: deploy/topology.local.toml].",
 )
@@ -123,6 +144,19 @@ def stack_status(fmt: str, run_dir: Path) -> None:
             {"name": r.name, "pid": r.pid, "ports": list(r.ports), "health": r.health, "log": r.log}
             for r in rows
         ],
+        "links": [
+            {
+                "name": r.link.name,
+                "source": r.link.source,
+                "target": r.link.target,
+                "proxy": r.link.address,
+                "upstream": r.link.upstream,
+                "state": r.state,
+                "cut": r.cut,
+                "latency_ms": r.latency_ms,
+            }
+            for r in (_link_rows(topology) if topology else ())
+        ],
     }
     click.echo(to_json(body))
     sys.exit(0 if rows and all(r.healthy for r in rows) else 1)
@@ -139,3 +173,71 @@ def stack_down(wipe: bool, run_dir: Path) -> None:
     click.echo(f"stopped {len(stopped)} processes" + (f": {', '.join(stopped)}" if stopped else ""))
     if wipe:
         click.echo(f"wiped the data in {run_dir}")
+
+
+def _topology(run_dir: Path) -> Topology:
+    return load_topology(running_stack(run_dir).topology)
+
+
+def _echo_links(verb: str, done: list[Link]) -> None:
+    click.echo(f"{verb} {len(done)} links: {', '.join(link.name for link in done)}")
+
+
+@stack.command("kill-dc")
+@click.argument("dc")
+@run_dir_option
+def stack_kill_dc(dc: str, run_dir: Path) -> None:
+    """SIGKILL DC's broker, database, MirrorMaker and demo workers, as a power loss would."""
+    from pipeline.stack import kill_dc
+
+    killed = kill_dc(run_dir, dc)
+    click.echo(
+        f"killed {len(killed)} processes of {dc}" + (f": {', '.join(killed)}" if killed else "")
+    )
+
+
+@stack.command("start-dc")
+@click.argument("dc")
+@run_dir_option
+def stack_start_dc(dc: str, run_dir: Path) -> None:
+    """Start what of DC is not running and wait until it is healthy (idempotent)."""
+    from pipeline.stack import start_dc
+
+    start_dc(run_dir, dc)
+    _print_stack(run_dir)
+
+
+@stack.command("partition")
+@click.argument("dc")
+@run_dir_option
+def stack_partition(dc: str, run_dir: Path) -> None:
+    """Cut every link into and out of DC: data stops, connections hang (until `stack heal`)."""
+    from pipeline.stack.links import partition
+
+    _echo_links("cut", partition(_topology(run_dir), dc))
+
+
+@stack.command("heal")
+@click.argument("dc", required=False)
+@run_dir_option
+def stack_heal(dc: str | None, run_dir: Path) -> None:
+    """Remove every cut and delay from DC's links, or from all links without DC."""
+    from pipeline.stack.links import heal
+
+    _echo_links("healed", heal(_topology(run_dir), dc))
+
+
+@stack.command("slow")
+@click.argument("dc")
+@click.option(
+    "--latency-ms",
+    type=click.IntRange(0, 600_000),
+    required=True,
+    help="Delay added to data on each of DC's links, each way (ms).",
+)
+@run_dir_option
+def stack_slow(dc: str, latency_ms: int, run_dir: Path) -> None:
+    """Delay data on every link into and out of DC (until `stack heal`)."""
+    from pipeline.stack.links import slow
+
+    _echo_links(f"slowed by {latency_ms} ms", slow(_topology(run_dir), dc, latency_ms))

@@ -1,8 +1,13 @@
 """MirrorMaker 2 configuration rendered from the topology (dedicated mode).
 
-One MirrorMaker 2 process replicates every flow. The flow ``A->B`` carries:
+One MirrorMaker 2 process per target DC B (``--clusters B``), as MirrorMaker 2's documentation
+recommends for production: it reads every remote cluster and writes only into B, so B's
+death takes its MirrorMaker with it and no flow into another DC depends on it. Its config
+names each cluster at the address B reaches it by (remote ones through their links in the
+local stack) and enables only the flows ``A->B``. The flow ``A->B`` carries:
 
-- ``coopr.heartbeat`` and ``coopr.ownership`` between every pair of DCs, witnesses included;
+- ``coopr.heartbeat``, ``coopr.ownership`` and ``coopr.probe`` between every pair of DCs,
+  witnesses included;
 - ``coopr.shard.NN`` for each shard whose DC set holds both A and B.
 
 Each flow's ``topics`` list names local topics exactly (MirrorMaker 2 matches the whole
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pipeline.errors import ConfigError
 from pipeline.topics import MIRRORED_TOPICS, shard_topic
 from pipeline.topology import Topology
 
@@ -50,6 +56,10 @@ _GLOBAL = {
     # by default) need one partition each for one MirrorMaker process.
     "offset.storage.partitions": "1",
     "status.storage.partitions": "1",
+    # Offset syncs go to the target like everything else MirrorMaker writes (by default they
+    # go to the source): a MirrorMaker only reads remote clusters, so a cut link only stops
+    # its reads.
+    "offset-syncs.topic.location": "target",
     # Every plugin ships a ServiceLoader manifest; scanning the classpath instead costs about
     # five seconds per flow at start.
     "plugin.discovery": "service_load",
@@ -62,21 +72,34 @@ def flow_topics(topology: Topology, source: str, target: str) -> tuple[str, ...]
     return (*MIRRORED_TOPICS, *shards)
 
 
-def render_mm2_properties(topology: Topology, *, replication_factor: int = 1) -> str:
-    """``mm2.properties`` for ``org.apache.kafka.connect.mirror.MirrorMaker``.
+def render_mm2_properties(
+    topology: Topology,
+    target: str,
+    bootstrap: Mapping[str, str],
+    *,
+    replication_factor: int = 1,
+) -> str:
+    """``mm2-<target>.properties`` for ``org.apache.kafka.connect.mirror.MirrorMaker``
+    started with ``--clusters <target>``: every flow into ``target``.
 
-    ``replication_factor`` applies to mirrored topics and MirrorMaker 2's internal topics:
-    1 on the local single-broker stack, 3 in production.
+    ``bootstrap`` gives, for every DC, the bootstrap servers ``target``'s MirrorMaker uses to
+    reach it (its own cluster directly, the others through their links). ``replication_factor``
+    applies to mirrored topics and MirrorMaker 2's internal topics: 1 on the local
+    single-broker stack, 3 in production.
     """
     names = [dc.name for dc in topology.dcs]
+    topology.dc(target)
+    missing = [name for name in names if name not in bootstrap]
+    if missing:
+        raise ConfigError(f"no bootstrap servers for {', '.join(missing)}", source=topology.source)
     lines = [
-        f"# MirrorMaker 2 (dedicated mode) for the topology in {topology.source}.",
+        f"# MirrorMaker 2 (dedicated mode) into {target} for the topology in {topology.source}.",
         "# Written by coopr-pipeline; edit the topology, not this file.",
         f"clusters = {', '.join(names)}",
     ]
-    for dc in topology.dcs:
-        lines.append(f"{dc.name}.bootstrap.servers = {dc.kafka}")
-        lines += [f"{dc.name}.{key} = {value}" for key, value in LATENCY_TUNING.items()]
+    for name in names:
+        lines.append(f"{name}.bootstrap.servers = {bootstrap[name]}")
+        lines += [f"{name}.{key} = {value}" for key, value in LATENCY_TUNING.items()]
     lines += [f"{key} = {value}" for key, value in _GLOBAL.items()]
     rf = str(replication_factor)
     for key in (
@@ -90,13 +113,10 @@ def render_mm2_properties(topology: Topology, *, replication_factor: int = 1) ->
     ):
         lines.append(f"{key} = {rf}")
     for source in names:
-        for target in names:
-            if source == target:
-                continue
-            # Properties files treat a backslash as an escape, so the regex dot is doubled.
-            pattern = ", ".join(
-                t.replace(".", "\\\\.") for t in flow_topics(topology, source, target)
-            )
-            lines.append(f"{source}->{target}.enabled = true")
-            lines.append(f"{source}->{target}.topics = {pattern}")
+        if source == target:
+            continue
+        # Properties files treat a backslash as an escape, so the regex dot is doubled.
+        pattern = ", ".join(t.replace(".", "\\\\.") for t in flow_topics(topology, source, target))
+        lines.append(f"{source}->{target}.enabled = true")
+        lines.append(f"{source}->{target}.topics = {pattern}")
     return "\n".join(lines) + "\n"

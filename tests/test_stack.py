@@ -105,9 +105,14 @@ def test_status_json_gives_every_dc_for_scripts(stack: RunningStack) -> None:
     assert {p["name"] for p in body["processes"]} == {
         *(f"kafka-{dc.name}" for dc in stack.topology.dcs),
         *(f"postgres-{dc.name}" for dc in stack.topology.dcs),
-        "mirrormaker",
+        *(f"mirrormaker-{dc.name}" for dc in stack.topology.dcs),
+        "toxiproxy",
     }
     assert all(p["health"] == "healthy" and p["pid"] for p in body["processes"])
+    names = [dc.name for dc in stack.topology.dcs]
+    assert {(link["source"], link["target"], link["state"]) for link in body["links"]} == {
+        (a, b, "ok") for a in names for b in names if a != b
+    }
 
 
 def test_port_in_use_is_named_and_nothing_starts(tmp_path: Path) -> None:

@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.stack.layout import controller_port, link_port, listener_name, listener_port
 from pipeline.stack.processes import KAFKA, ProcessRecord, process_name, run_to_completion, spawn
 from pipeline.stack.runtime import deploy_dir, java, kafka_classpath
-from pipeline.topology import DataCenter
+from pipeline.topology import DataCenter, Topology
 
-__all__ = ["JVM_OPTS", "broker_properties", "java_argv", "new_cluster_id", "start_broker"]
+__all__ = [
+    "JVM_OPTS",
+    "RemoteListener",
+    "broker_ports",
+    "broker_properties",
+    "java_argv",
+    "new_cluster_id",
+    "remote_listeners",
+    "start_broker",
+]
 
 #: Heap at most 512 MB; G1 with a short pause goal keeps mirror latency steady.
 JVM_OPTS = (
@@ -52,21 +64,65 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def broker_properties(dc: DataCenter, data_dir: Path) -> str:
-    """``server.properties`` of ``dc``'s broker: client port from the topology, controller +1."""
-    port = dc.kafka_port
-    cport = port + 1
+@dataclass(frozen=True, slots=True)
+class RemoteListener:
+    """A broker's listener for one remote reader DC: ``name`` (``TO_DC2``) on ``port``,
+    advertised at ``advertised_port``, the port of the reader's link to this broker."""
+
+    name: str
+    port: int
+    advertised_port: int
+
+
+def remote_listeners(topology: Topology, dc: DataCenter) -> tuple[RemoteListener, ...]:
+    """The listeners of ``dc``'s broker for every other DC of ``topology`` (see
+    :mod:`pipeline.stack.links` for why each reader has its own)."""
+    return tuple(
+        RemoteListener(
+            listener_name(reader.name),
+            listener_port(topology, dc.name, reader.name),
+            link_port(topology, dc.name, reader.name),
+        )
+        for reader in topology.dcs
+        if reader.name != dc.name
+    )
+
+
+def broker_ports(dc: DataCenter, remote: Sequence[RemoteListener] = ()) -> tuple[int, ...]:
+    """Every port ``dc``'s broker listens on: clients, controller, one per remote reader."""
+    return (dc.kafka_port, controller_port(dc), *(r.port for r in remote))
+
+
+def broker_properties(dc: DataCenter, data_dir: Path, remote: Sequence[RemoteListener] = ()) -> str:
+    """``server.properties`` of ``dc``'s broker: PLAINTEXT for the DC's own clients at the
+    topology's address, the controller, and the ``remote`` listeners."""
+    listeners = ",".join(
+        [
+            f"PLAINTEXT://127.0.0.1:{dc.kafka_port}",
+            f"CONTROLLER://127.0.0.1:{controller_port(dc)}",
+            *(f"{r.name}://127.0.0.1:{r.port}" for r in remote),
+        ]
+    )
+    advertised = ",".join(
+        [
+            f"PLAINTEXT://127.0.0.1:{dc.kafka_port}",
+            *(f"{r.name}://127.0.0.1:{r.advertised_port}" for r in remote),
+        ]
+    )
+    protocols = ",".join(
+        ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT", *(f"{r.name}:PLAINTEXT" for r in remote)]
+    )
     return "\n".join(
         [
             f"# Local stack broker of {dc.name}, written by `coopr-pipeline stack up`.",
             "process.roles=broker,controller",
             "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{cport}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"controller.quorum.voters=1@127.0.0.1:{controller_port(dc)}",
+            f"listeners={listeners}",
+            f"advertised.listeners={advertised}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            f"listener.security.protocol.map={protocols}",
             f"log.dirs={data_dir}",
             "num.partitions=1",
             "default.replication.factor=1",
@@ -85,12 +141,14 @@ def broker_properties(dc: DataCenter, data_dir: Path) -> str:
     )
 
 
-def start_broker(dc: DataCenter, root: Path, log: Path) -> ProcessRecord:
+def start_broker(
+    dc: DataCenter, root: Path, log: Path, remote: Sequence[RemoteListener] = ()
+) -> ProcessRecord:
     """Format (first time only) and start the broker of ``dc``, its files under ``root``."""
     data = root / "data"
     config = root / "server.properties"
     root.mkdir(parents=True, exist_ok=True)
-    config.write_text(broker_properties(dc, data))
+    config.write_text(broker_properties(dc, data, remote))
     if not (data / "meta.properties").exists():
         # The ``=`` form keeps the id one argument whatever it starts with.
         run_to_completion(
@@ -107,5 +165,5 @@ def start_broker(dc: DataCenter, root: Path, log: Path) -> ProcessRecord:
         process_name(KAFKA, dc.name),
         java_argv("kafka.Kafka", str(config)),
         log=log,
-        ports=(dc.kafka_port, dc.kafka_port + 1),
+        ports=broker_ports(dc, remote),
     )

@@ -1,10 +1,11 @@
-"""``stack up``, ``stack status`` and ``stack down``: the local multi-DC stack as one unit.
+"""``stack up``, ``status``, ``down``, ``kill-dc`` and ``start-dc``: the local stack as one unit.
 
-For every DC of the topology ``up`` starts a PostgreSQL instance (not for witnesses) and a
-KRaft broker, waits until each answers, creates the database and applies the migrations,
-creates the DC's topics, then starts one MirrorMaker 2 process for every flow and waits until
-each flow has created its mirrored topics. Whatever already runs is left alone, so ``up`` is
-safe to repeat; a process that died is started again.
+``up`` starts the toxiproxy server of the links and, for every DC of the topology, a
+PostgreSQL instance (not for witnesses) and a KRaft broker, waits until each answers, creates
+the links that are missing, the database with its migrations and the DC's topics, then starts
+one MirrorMaker 2 per target DC and waits until each has created its mirrored topics. Whatever
+already runs is left alone, so ``up`` is safe to repeat; a process that died is started again.
+``start_dc`` does the same for one DC; ``kill_dc`` SIGKILLs a DC's processes.
 """
 
 from __future__ import annotations
@@ -26,21 +27,27 @@ from pipeline.kafka_config import KafkaSettings
 from pipeline.logging import get_logger
 from pipeline.mirrormaker import flow_topics, render_mm2_properties
 from pipeline.stack import postgres
-from pipeline.stack.kafka import java_argv, start_broker
+from pipeline.stack.kafka import broker_ports, java_argv, remote_listeners, start_broker
+from pipeline.stack.layout import check_layout, toxiproxy_port
+from pipeline.stack.links import check_links, ensure_links, links
 from pipeline.stack.processes import (
     KAFKA,
     MIRRORMAKER,
     POSTGRES,
+    TOXIPROXY,
     ProcessRecord,
     StackState,
     is_running,
+    kill,
     port_is_free,
     process_name,
+    recorded_workers,
     role_of,
     spawn,
     stop,
 )
-from pipeline.stack.runtime import java, kafka_classpath, pg_bindir
+from pipeline.stack.runtime import java, kafka_classpath, pg_bindir, toxiproxy
+from pipeline.stack.toxiproxy import Toxiproxy, start_toxiproxy
 from pipeline.topics import (
     DLQ_TOPIC,
     HEARTBEAT_TOPIC,
@@ -52,7 +59,7 @@ from pipeline.topics import (
 )
 from pipeline.topology import DataCenter, Topology, load_topology
 
-__all__ = ["ProcessStatus", "dc_topics", "down", "status", "up"]
+__all__ = ["ProcessStatus", "dc_topics", "down", "kill_dc", "start_dc", "status", "up"]
 
 log = get_logger(__name__)
 
@@ -89,16 +96,13 @@ def dc_topics(topology: Topology, dc: DataCenter) -> list[TopicSpec]:
     return specs
 
 
-def _expected_mirrors(topology: Topology) -> dict[str, set[str]]:
-    """For each DC, the mirrored topics MirrorMaker 2 must have created in its cluster."""
+def _expected_mirrors(topology: Topology, target: str) -> set[str]:
+    """The mirrored topics ``target``'s MirrorMaker 2 must have created in its cluster."""
     return {
-        target.name: {
-            mirrored(source.name, t)
-            for source in topology.dcs
-            if source.name != target.name
-            for t in flow_topics(topology, source.name, target.name)
-        }
-        for target in topology.dcs
+        mirrored(source.name, t)
+        for source in topology.dcs
+        if source.name != target
+        for t in flow_topics(topology, source.name, target)
     }
 
 
@@ -123,24 +127,24 @@ def _check_postgres(dc: DataCenter) -> str:
     return "healthy"
 
 
-def _check_mirrors(topology: Topology) -> str:
-    for target, expected in _expected_mirrors(topology).items():
-        try:
-            missing = expected - list_topics(_kafka(topology.dc(target)), timeout_s=2.0)
-        except PipelineError as e:
-            return f"cannot check {target}: {e}"
-        if missing:
-            return f"{len(missing)} mirrored topics missing in {target}, e.g. {sorted(missing)[0]}"
+def _check_mirrors(topology: Topology, target: str) -> str:
+    try:
+        found = list_topics(_kafka(topology.dc(target)), timeout_s=2.0)
+    except PipelineError as e:
+        return f"cannot check {target}: {e}"
+    missing = _expected_mirrors(topology, target) - found
+    if missing:
+        return f"{len(missing)} mirrored topics missing in {target}, e.g. {sorted(missing)[0]}"
     return "healthy"
 
 
 def _checks(topology: Topology) -> dict[str, Callable[[], str]]:
-    checks: dict[str, Callable[[], str]] = {}
+    checks: dict[str, Callable[[], str]] = {TOXIPROXY: partial(check_links, topology)}
     for dc in topology.dcs:
         if not dc.witness:
             checks[process_name(POSTGRES, dc.name)] = partial(_check_postgres, dc)
         checks[process_name(KAFKA, dc.name)] = partial(_check_kafka, dc)
-    checks[MIRRORMAKER] = partial(_check_mirrors, topology)
+        checks[process_name(MIRRORMAKER, dc.name)] = partial(_check_mirrors, topology, dc.name)
     return checks
 
 
@@ -177,14 +181,17 @@ def _wait_healthy(
             time.sleep(0.5)
 
 
-def _check_ports(topology: Topology, state: StackState) -> None:
+def _check_ports(topology: Topology, state: StackState, dcs: Iterable[DataCenter]) -> None:
     """Fail before anything starts when a port the stack still has to open is taken."""
     wanted: list[tuple[str, int]] = []
-    for dc in topology.dcs:
+    for dc in dcs:
         if not dc.witness:
             wanted.append((process_name(POSTGRES, dc.name), dc.database_port))
         kafka = process_name(KAFKA, dc.name)
-        wanted += [(kafka, dc.kafka_port), (kafka, dc.kafka_port + 1)]
+        wanted += [(kafka, port) for port in broker_ports(dc, remote_listeners(topology, dc))]
+    # A running toxiproxy holds the links' ports itself; a new one needs them all.
+    wanted.append((TOXIPROXY, toxiproxy_port(topology)))
+    wanted += [(TOXIPROXY, link.port) for link in links(topology)]
     for name, port in wanted:
         record = state.processes.get(name)
         if (record is None or not is_running(record)) and not port_is_free(port):
@@ -208,23 +215,27 @@ def _state_for(run_dir: Path, topology_path: Path) -> StackState:
 
 
 def _server_starts(
-    topology: Topology, run_dir: Path, logs: Path
+    topology: Topology, dcs: Iterable[DataCenter], run_dir: Path, logs: Path
 ) -> list[tuple[str, Callable[[], ProcessRecord]]]:
-    """How to start each DC's PostgreSQL (not for witnesses) and broker, by process name."""
-    starts: list[tuple[str, Callable[[], ProcessRecord]]] = []
-    for dc in topology.dcs:
+    """How to start the toxiproxy and each DC's PostgreSQL (not for witnesses) and broker."""
+    api = toxiproxy_port(topology)
+    starts: list[tuple[str, Callable[[], ProcessRecord]]] = [
+        (TOXIPROXY, partial(start_toxiproxy, api, logs / f"{TOXIPROXY}.log"))
+    ]
+    for dc in dcs:
         if not dc.witness:
             pg = process_name(POSTGRES, dc.name)
             starts.append((pg, partial(postgres.start_postgres, run_dir, dc, logs / f"{pg}.log")))
         kafka = process_name(KAFKA, dc.name)
         kafka_dir = run_dir / "kafka" / dc.name
-        starts.append((kafka, partial(start_broker, dc, kafka_dir, logs / f"{kafka}.log")))
+        remote = remote_listeners(topology, dc)
+        starts.append((kafka, partial(start_broker, dc, kafka_dir, logs / f"{kafka}.log", remote)))
     return starts
 
 
-def _prepare_dcs(topology: Topology) -> None:
-    """Create and migrate every data DC's database, and every DC's local topics."""
-    for dc in topology.dcs:
+def _prepare_dcs(topology: Topology, dcs: Iterable[DataCenter]) -> None:
+    """Create and migrate the data DCs' databases, and the DCs' local topics."""
+    for dc in dcs:
         if not dc.witness:
             postgres.create_database(dc)
             applied = prepare(topology, dc.name)
@@ -233,64 +244,148 @@ def _prepare_dcs(topology: Topology) -> None:
         log.info("topics ready", dc=dc.name, created=len(created))
 
 
-def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
-    """Start whatever of the stack is not running yet and wait until all of it is healthy."""
-    run_dir = run_dir.resolve()
-    topology_path = topology_path.resolve()
-    topology = load_topology(topology_path)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    java(), kafka_classpath(), pg_bindir()  # each names what is missing, before anything starts
-    state = _state_for(run_dir, topology_path)
-    logs = run_dir / "logs"
-    _check_ports(topology, state)
+def _mirrormaker_bootstrap(topology: Topology, target: str) -> dict[str, str]:
+    """How ``target``'s MirrorMaker reaches each cluster: its own directly, others by link."""
+    into = {link.source: link.address for link in links(topology, target) if link.target == target}
+    return {dc.name: into.get(dc.name, dc.kafka) for dc in topology.dcs}
 
-    saving = threading.Lock()
 
-    def ensure(name: str, start: Callable[[], ProcessRecord]) -> None:
-        record = state.processes.get(name)
+def _start_mirrormaker(name: str, target: str, config: Path, logs: Path) -> ProcessRecord:
+    return spawn(
+        name,
+        java_argv("org.apache.kafka.connect.mirror.MirrorMaker", str(config), "--clusters", target),
+        log=logs / f"{name}.log",
+        ports=(),
+    )
+
+
+class _Starter:
+    """Starts the processes of one ``up`` or ``start-dc`` and records each as it starts."""
+
+    def __init__(self, run_dir: Path, topology: Topology, state: StackState):
+        self.run_dir = run_dir
+        self.topology = topology
+        self.state = state
+        self.logs = run_dir / "logs"
+        self.checks = _checks(topology)
+        self._saving = threading.Lock()
+
+    def ensure(self, name: str, start: Callable[[], ProcessRecord]) -> None:
+        record = self.state.processes.get(name)
         if record is not None and is_running(record):
             log.info("already running", process=name, pid=record.pid)
             return
         log.info("starting", process=name)
         started = start()
-        with saving:
-            state.processes[name] = started
-            state.save(run_dir)
+        with self._saving:
+            self.state.processes[name] = started
+            self.state.save(self.run_dir)
 
-    starts = _server_starts(topology, run_dir, logs)
-    # initdb and the Kafka storage format take seconds each: run them side by side.
-    with ThreadPoolExecutor(max_workers=len(starts)) as pool:
-        for future in [pool.submit(ensure, name, start) for name, start in starts]:
-            future.result()
-    checks = _checks(topology)
-    _wait_healthy(state, [n for n in checks if n != MIRRORMAKER], checks, START_TIMEOUT_S)
+    def retire(self) -> None:
+        """Stop and forget processes this topology does not have (the single MirrorMaker of
+        earlier releases, a DC no longer in the file)."""
+        for name in [n for n in self.state.processes if n not in self.checks]:
+            log.info("stopping a process the stack no longer has", process=name)
+            stop(self.state.processes.pop(name))
+            self.state.save(self.run_dir)
 
-    _prepare_dcs(topology)
+    def servers(self, dcs: tuple[DataCenter, ...]) -> None:
+        """The toxiproxy with every link, and the DCs' databases and brokers, until each
+        answers."""
+        starts = _server_starts(self.topology, dcs, self.run_dir, self.logs)
+        # initdb and the Kafka storage format take seconds each: run them side by side.
+        with ThreadPoolExecutor(max_workers=len(starts)) as pool:
+            for future in [pool.submit(self.ensure, name, start) for name, start in starts]:
+                future.result()
+        # The links can be made once the toxiproxy answers; it counts as healthy with them.
+        api = Toxiproxy(toxiproxy_port(self.topology))
+        answers = {TOXIPROXY: lambda: "healthy" if api.reachable() else "no answer"}
+        _wait_healthy(self.state, [TOXIPROXY], answers, START_TIMEOUT_S)
+        ensure_links(self.topology)
+        _wait_healthy(self.state, [name for name, _ in starts], self.checks, START_TIMEOUT_S)
 
-    mm2_config = run_dir / "mirrormaker" / "mm2.properties"
-    rendered = render_mm2_properties(topology)
-    current = state.processes.get(MIRRORMAKER)
-    if (
-        current is not None
-        and is_running(current)
-        and (not mm2_config.exists() or mm2_config.read_text() != rendered)
-    ):
-        log.info("restarting for a changed configuration", process=MIRRORMAKER)
-        stop(current)
-    mm2_config.parent.mkdir(parents=True, exist_ok=True)
-    mm2_config.write_text(rendered)
-    ensure(MIRRORMAKER, lambda: _start_mirrormaker(mm2_config, logs / "mirrormaker.log"))
-    _wait_healthy(state, [MIRRORMAKER], checks, MIRROR_TIMEOUT_S)
+    def mirrormakers(self, dcs: tuple[DataCenter, ...]) -> None:
+        """One MirrorMaker 2 into each of ``dcs``, until each has its mirrored topics; one that
+        runs an older configuration is restarted."""
+        names = []
+        for dc in dcs:
+            name = process_name(MIRRORMAKER, dc.name)
+            config = self.run_dir / "mirrormaker" / f"mm2-{dc.name}.properties"
+            bootstrap = _mirrormaker_bootstrap(self.topology, dc.name)
+            rendered = render_mm2_properties(self.topology, dc.name, bootstrap)
+            current = self.state.processes.get(name)
+            if (
+                current is not None
+                and is_running(current)
+                and (not config.exists() or config.read_text() != rendered)
+            ):
+                log.info("restarting for a changed configuration", process=name)
+                stop(current)
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text(rendered)
+            self.ensure(name, partial(_start_mirrormaker, name, dc.name, config, self.logs))
+            names.append(name)
+        _wait_healthy(self.state, names, self.checks, MIRROR_TIMEOUT_S)
+
+
+def _bring_up(
+    run_dir: Path, topology: Topology, state: StackState, dcs: tuple[DataCenter, ...]
+) -> None:
+    java(), kafka_classpath(), pg_bindir(), toxiproxy()  # each names what is missing, first
+    starter = _Starter(run_dir, topology, state)
+    starter.retire()
+    _check_ports(topology, state, dcs)
+    starter.servers(dcs)
+    _prepare_dcs(topology, dcs)
+    starter.mirrormakers(dcs)
+
+
+def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
+    """Start whatever of the stack is not running yet and wait until all of it is healthy."""
+    run_dir = run_dir.resolve()
+    topology_path = topology_path.resolve()
+    topology = load_topology(topology_path)
+    check_layout(topology)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _bring_up(run_dir, topology, _state_for(run_dir, topology_path), topology.dcs)
     return status(run_dir)
 
 
-def _start_mirrormaker(config: Path, log_file: Path) -> ProcessRecord:
-    return spawn(
-        MIRRORMAKER,
-        java_argv("org.apache.kafka.connect.mirror.MirrorMaker", str(config)),
-        log=log_file,
-        ports=(),
-    )
+def _running_state(run_dir: Path) -> tuple[StackState, Topology]:
+    state = StackState.load(run_dir)
+    if state is None:
+        raise StackError(f"no stack in {run_dir}: run `coopr-pipeline stack up` first")
+    return state, load_topology(state.topology)
+
+
+def start_dc(run_dir: Path, dc: str) -> list[ProcessStatus]:
+    """Start what of ``dc`` is not running (database, broker, MirrorMaker, and the links'
+    toxiproxy if it is down) as ``up`` would, and wait until that is healthy."""
+    run_dir = run_dir.resolve()
+    state, topology = _running_state(run_dir)
+    _bring_up(run_dir, topology, state, (topology.dc(dc),))
+    return status(run_dir)
+
+
+def kill_dc(run_dir: Path, dc: str) -> list[str]:
+    """SIGKILL ``dc``'s MirrorMaker, broker and database with all their children, and every
+    recorded worker of ``dc`` (the demo's), as when a DC loses power; returns what was killed.
+
+    The links stay: behind them the dead DC is unreachable, as behind a real WAN.
+    """
+    run_dir = run_dir.resolve()
+    state, topology = _running_state(run_dir)
+    topology.dc(dc)
+    records = [
+        state.processes[name]
+        for name in (process_name(role, dc) for role in (MIRRORMAKER, KAFKA, POSTGRES))
+        if name in state.processes
+    ]
+    records += recorded_workers(run_dir, dc)
+    # All at once, as power fails: no part gets to notice another's death first.
+    with ThreadPoolExecutor(max_workers=max(1, len(records))) as pool:
+        killed = list(pool.map(kill, records))
+    return [r.name for r, was_running in zip(records, killed, strict=True) if was_running]
 
 
 def status(run_dir: Path) -> list[ProcessStatus]:
@@ -310,7 +405,8 @@ def status(run_dir: Path) -> list[ProcessStatus]:
 
 
 def down(run_dir: Path, *, wipe: bool = False) -> list[str]:
-    """Stop every process of the stack (MirrorMaker first, databases last); returns their names.
+    """Stop every process of the stack (MirrorMakers first, then brokers, databases and the
+    links' toxiproxy); returns their names.
 
     With ``wipe`` the brokers' logs, the databases and the run dir's files are deleted too.
     """
@@ -321,9 +417,10 @@ def down(run_dir: Path, *, wipe: bool = False) -> list[str]:
     records = list(state.processes.values())
     stopped = []
     for group in (
-        [r for r in records if r.name == MIRRORMAKER],
+        [r for r in records if role_of(r.name) == MIRRORMAKER],
         [r for r in records if role_of(r.name) == KAFKA],
         [r for r in records if role_of(r.name) == POSTGRES],
+        [r for r in records if r.name == TOXIPROXY],
     ):
         # PostgreSQL's SIGINT is its fast shutdown; SIGTERM would wait for every client.
         with ThreadPoolExecutor(max_workers=max(1, len(group))) as pool:
@@ -340,7 +437,7 @@ def down(run_dir: Path, *, wipe: bool = False) -> list[str]:
         topology = load_topology(state.topology) if Path(state.topology).exists() else None
         for dc in topology.dcs if topology else ():
             postgres.remove_data(run_dir, dc)
-        for child in ("kafka", "postgres", "mirrormaker", "logs", "stack.json"):
+        for child in ("kafka", "postgres", "mirrormaker", "workers", "logs", "stack.json"):
             path = run_dir / child
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

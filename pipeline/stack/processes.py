@@ -19,29 +19,41 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import PortInUseError, StackError
+from pipeline.logging import get_logger
 
 __all__ = [
     "KAFKA",
     "MIRRORMAKER",
     "POSTGRES",
+    "TOXIPROXY",
     "ProcessRecord",
     "StackState",
+    "forget_worker",
     "is_running",
+    "kill",
     "port_is_free",
     "process_name",
+    "process_tree",
+    "record_worker",
+    "recorded_workers",
     "role_of",
     "run_to_completion",
     "spawn",
     "stop",
 ]
 
+log = get_logger(__name__)
+
 #: Roles of the stack's processes; a DC's process is named ``<role>-<dc>`` (:func:`process_name`).
 POSTGRES = "postgres"
 KAFKA = "kafka"
-#: The one MirrorMaker 2 process of the whole stack, named by its role alone.
+#: MirrorMaker 2 of a target DC (``mirrormaker-dc2`` writes into dc2).
 MIRRORMAKER = "mirrormaker"
+#: The one toxiproxy server of the whole stack (every link), named by its role alone.
+TOXIPROXY = "toxiproxy"
 #: Output kept in an error message when a command fails (characters, from the end).
 _OUTPUT_TAIL = 800
 
@@ -53,7 +65,7 @@ def process_name(role: str, dc: str) -> str:
 
 
 def role_of(name: str) -> str:
-    """The role part of a process name (``kafka`` of ``kafka-dc1``, ``mirrormaker`` of itself)."""
+    """The role part of a process name (``kafka`` of ``kafka-dc1``, ``toxiproxy`` of itself)."""
     return name.split("-", 1)[0]
 
 
@@ -83,6 +95,11 @@ class ProcessRecord:
     log: str
     program: str
 
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> ProcessRecord:
+        """The record saved as ``dataclasses.asdict`` in JSON (ports come back as a list)."""
+        return cls(**{**raw, "ports": tuple(raw["ports"])})
+
 
 @dataclass(slots=True)
 class StackState:
@@ -105,8 +122,7 @@ class StackState:
         except (OSError, ValueError) as e:
             raise StackError(f"cannot read {cls.path(run_dir)}: {e}") from None
         procs = {
-            name: ProcessRecord(**{**rec, "ports": tuple(rec["ports"])})
-            for name, rec in raw.get("processes", {}).items()
+            name: ProcessRecord.from_json(rec) for name, rec in raw.get("processes", {}).items()
         }
         return cls(topology=raw["topology"], processes=procs)
 
@@ -137,17 +153,23 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and has not exited (a zombie, state Z, only waits for its
+    parent to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def is_running(record: ProcessRecord) -> bool:
     """True while ``record.pid`` is alive and still runs ``record.program``."""
     try:
         cmdline = Path(f"/proc/{record.pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{record.pid}/stat").read_text()
     except OSError:
         return False
-    # A zombie (state Z) has exited; it only waits for its parent to reap it.
-    if stat.rsplit(")", 1)[-1].split()[0] == "Z":
-        return False
-    return record.program.encode() in cmdline
+    return _alive(record.pid) and record.program.encode() in cmdline
 
 
 def spawn(
@@ -208,3 +230,102 @@ def stop(
             return
         time.sleep(0.1)
     raise StackError(f"{record.name} (pid {record.pid}) did not stop, even after SIGKILL")
+
+
+def process_tree(roots: set[int]) -> set[int]:
+    """``roots`` and every live descendant of them, from ``/proc``.
+
+    Descendants, not process groups: PostgreSQL's backends call setsid() and leave the group.
+    """
+    parent: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        parent[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+
+    def in_tree(pid: int) -> bool:
+        while pid > 1:
+            if pid in roots:
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return {pid for pid in parent if in_tree(pid)}
+
+
+def kill(record: ProcessRecord, *, timeout_s: float = 10.0) -> bool:
+    """SIGKILL ``record``'s process, its group and every descendant, as a dying machine
+    would, and wait up to ``timeout_s`` s until all are gone. False if it was not running."""
+    if not is_running(record):
+        return False
+    tree = process_tree({record.pid})
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(record.pid, signal.SIGKILL)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    # Wait until each is gone, not only dead: PostgreSQL refuses to start while the pid in
+    # its lock file exists, and a zombie does until its parent reaps it (this process, which
+    # reaps it here, or init after a CLI command exits). A zombie whose parent still runs (a
+    # demo worker, reaped by the demo when it ends) holds nothing the DC's restart needs.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for pid in tree:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        left = [pid for pid in tree if _awaited(pid)]
+        if not left:
+            return True
+        if time.monotonic() >= deadline:
+            if any(_alive(pid) for pid in left):
+                raise StackError(f"{record.name} (pid {record.pid}) still runs after SIGKILL")
+            log.warning("killed processes not reaped yet", process=record.name, pids=left)
+            return True
+        time.sleep(0.05)
+
+
+def _awaited(pid: int) -> bool:
+    """Whether :func:`kill` still waits for ``pid``: alive, or a zombie that this process or
+    init is about to reap."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state, ppid = stat.rsplit(")", 1)[-1].split()[:2]
+    return state != "Z" or int(ppid) in (1, os.getpid())
+
+
+# Workers that a command such as ``demo`` starts against the stack are recorded one file each
+# (``<run-dir>/workers/<name>.json``), not in ``stack.json``: ``stack up`` rewrites that file
+# from what it loaded at its start, and would drop a worker recorded meanwhile.
+def _workers_dir(run_dir: Path) -> Path:
+    return run_dir / "workers"
+
+
+def record_worker(run_dir: Path, dc: str, record: ProcessRecord) -> None:
+    """Remember ``record`` as a worker of DC ``dc``, so that ``stack kill-dc`` kills it too."""
+    folder = _workers_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{record.name}.json").write_text(json.dumps({"dc": dc, **asdict(record)}))
+
+
+def forget_worker(run_dir: Path, name: str) -> None:
+    """Drop the worker ``name`` from the record (it has stopped)."""
+    (_workers_dir(run_dir) / f"{name}.json").unlink(missing_ok=True)
+
+
+def recorded_workers(run_dir: Path, dc: str) -> list[ProcessRecord]:
+    """The recorded workers of DC ``dc`` (running or not: :func:`is_running` tells)."""
+    records = []
+    for path in sorted(_workers_dir(run_dir).glob("*.json")):
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a file being written or removed right now
+        if raw.pop("dc") == dc:
+            records.append(ProcessRecord.from_json(raw))
+    return records
