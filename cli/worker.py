@@ -184,3 +184,50 @@ def worker_applier(
     )
     with Applier(config, stop_on_signals()) as applier:
         serve_while(applier.run, applier.health, host=metrics_host, port=metrics_port, dc=dc)
+
+
+@worker.command("controller")
+@click.option("--dc", required=True, help="The DC whose controller to run.")
+@topology_option
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.05, 60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between this DC's heartbeats.",
+)
+@click.option(
+    "--failure-timeout",
+    type=click.FloatRange(0.5, 3600),
+    default=10.0,
+    show_default=True,
+    help="Seconds without a DC's heartbeat after which it is suspected.",
+)
+@metrics_host_option
+@metrics_port_option
+def worker_controller(
+    dc: str,
+    topology_file: Path,
+    interval: float,
+    failure_timeout: float,
+    metrics_host: str,
+    metrics_port: int,
+) -> None:
+    """Publish this DC's heartbeat and watch every DC's (docs/ownership.md)."""
+    from controller.worker import Controller, ControllerConfig
+    from pipeline.kafka_config import KafkaSettings
+    from pipeline.shutdown import stop_on_signals
+
+    if failure_timeout <= 2 * interval:
+        raise click.UsageError("--failure-timeout must be more than twice --interval")
+    topology = load_topology(topology_file)
+    site = topology.dc(dc)
+    config = ControllerConfig(
+        dc=dc,
+        kafka=KafkaSettings(site.kafka, client_id=f"coopr-controller-{dc}"),
+        dcs=tuple(d.name for d in topology.dcs),
+        interval_s=interval,
+        failure_timeout_s=failure_timeout,
+    )
+    with Controller(config, stop_on_signals()) as controller:
+        serve_while(controller.run, controller.health, host=metrics_host, port=metrics_port, dc=dc)
