@@ -77,7 +77,12 @@ def test_a_dc_cut_off_is_suspected_by_the_others_and_fences_itself(
             TIMEOUT_S + 5,
             "dc3 fences itself",
         )
-        assert controllers["dc3"].metric('coopr_controller_fenced{dc="dc3"}') == 1.0
+        # The gauge follows at the next heartbeat (0.5 s).
+        wait_until(
+            lambda: controllers["dc3"].metric('coopr_controller_fenced{dc="dc3"}') == 1.0,
+            2,
+            "the fenced gauge",
+        )
         assert not (controllers["dc1"].health() or {})["fenced"], "dc1 and dc2 are a majority"
     finally:
         heal(stack.topology, "dc3")
