@@ -24,10 +24,10 @@ __all__ = [
     "start_broker",
 ]
 
-#: Heap at most 512 MB; G1 with a short pause goal keeps mirror latency steady.
+#: G1 with a short pause goal keeps mirror latency steady; the heap's ceiling is per process
+#: (:func:`java_argv`).
 JVM_OPTS = (
     "-Xms128m",
-    "-Xmx512m",
     "-XX:+UseG1GC",
     "-XX:MaxGCPauseMillis=20",
     # Four JVMs share two cores: one GC thread each keeps them from crowding each other out.
@@ -38,12 +38,14 @@ JVM_OPTS = (
 )
 
 
-def java_argv(main_class: str, *args: str) -> list[str]:
-    """``java`` with the stack's JVM options, logging config and Kafka classpath."""
+def java_argv(main_class: str, *args: str, max_heap_mb: int = 512) -> list[str]:
+    """``java`` with the stack's JVM options, a heap of at most ``max_heap_mb`` MB, the logging
+    config and the Kafka classpath."""
     log4j = deploy_dir() / "kafka" / "log4j2.properties"
     return [
         java(),
         *JVM_OPTS,
+        f"-Xmx{max_heap_mb}m",
         f"-Dlog4j2.configurationFile={log4j}",
         "-cp",
         kafka_classpath(),

@@ -63,6 +63,8 @@ __all__ = ["ProcessStatus", "dc_topics", "down", "kill_dc", "start_dc", "status"
 
 log = get_logger(__name__)
 
+#: Heap ceiling of each MirrorMaker 2 process (MB).
+MIRRORMAKER_HEAP_MB = 192
 #: Longest wait for the brokers and databases to answer after start (s).
 START_TIMEOUT_S = 120.0
 #: Longest wait for MirrorMaker 2 to create every mirrored topic (s).
@@ -253,7 +255,14 @@ def _mirrormaker_bootstrap(topology: Topology, target: str) -> dict[str, str]:
 def _start_mirrormaker(name: str, target: str, config: Path, logs: Path) -> ProcessRecord:
     return spawn(
         name,
-        java_argv("org.apache.kafka.connect.mirror.MirrorMaker", str(config), "--clusters", target),
+        # One DC's incoming flows: well under a broker's heap (bench stack measures memory).
+        java_argv(
+            "org.apache.kafka.connect.mirror.MirrorMaker",
+            str(config),
+            "--clusters",
+            target,
+            max_heap_mb=MIRRORMAKER_HEAP_MB,
+        ),
         log=logs / f"{name}.log",
         ports=(),
     )
