@@ -19,7 +19,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME
 from pipeline.admin import list_topics
 from pipeline.db import connect
 from pipeline.stack import local_topology_toml, status, up
-from pipeline.topics import mirrored, shard_topic
+from pipeline.topics import PROBE_TOPIC, mirrored, shard_topic
 from tests.conftest import RunningStack
 from tests.kafka_helpers import consume_until, produce_one
 
@@ -35,6 +35,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_record_reaches_the_replica_dc_unchanged(
     stack: RunningStack, unique_name: Callable[[str], str]
 ) -> None:
+    # On coopr.probe, mirrored like the shard topics: a shard topic carries real events only,
+    # which the appliers read.
     topology = stack.topology
     owner, replica = topology.initial_owner(0), topology.replica_list(0)[0]
     key = f"cluster-{uuid.uuid4()}".encode()
@@ -44,7 +46,7 @@ def test_record_reaches_the_replica_dc_unchanged(
 
     produce_one(
         stack.kafka(owner),
-        shard_topic(0),
+        PROBE_TOPIC,
         key=key,
         value=value,
         headers=headers,
@@ -52,7 +54,7 @@ def test_record_reaches_the_replica_dc_unchanged(
     )
     copy = consume_until(
         stack.kafka(replica),
-        mirrored(owner, shard_topic(0)),
+        mirrored(owner, PROBE_TOPIC),
         unique_name("mirror"),
         lambda m: m.key() == key,
         timeout_s=30,
@@ -161,7 +163,7 @@ def test_up_twice_then_down_then_up_again(
 
     owner = stack.topology.initial_owner(1)
     key = f"survives-{uuid.uuid4()}".encode()
-    produce_one(stack.kafka(owner), shard_topic(1), key=key, value=b"v")
+    produce_one(stack.kafka(owner), PROBE_TOPIC, key=key, value=b"v")
 
     result = run_cli("stack", "down", "--run-dir", str(stack.run_dir))
     assert result.returncode == 0, result.stderr
@@ -172,7 +174,7 @@ def test_up_twice_then_down_then_up_again(
     # Data survives a plain `down`: the record is still in the owner's topic.
     found = consume_until(
         stack.kafka(owner),
-        shard_topic(1),
+        PROBE_TOPIC,
         unique_name("after-restart"),
         lambda m: m.key() == key,
         timeout_s=20,
