@@ -15,7 +15,7 @@ from cli.options import (
     topology_option,
 )
 from pipeline.observability import HealthFn
-from pipeline.topology import load_topology
+from pipeline.topology import DataCenter, Topology, load_topology
 
 __all__ = ["worker"]
 
@@ -38,6 +38,14 @@ def serve_while(
             "serving metrics and health", host=host, port=server.port, dc=dc
         )
         run()
+
+
+def data_site(topology_file: Path, dc: str) -> tuple[Topology, DataCenter]:
+    """The topology and its DC ``dc``, once the DC's database passed :func:`check_schema`."""
+    topology = load_topology(topology_file)
+    site = topology.dc(dc)
+    check_schema(dc, site.database)
+    return topology, site
 
 
 def check_schema(dc: str, database: str) -> None:
@@ -128,9 +136,7 @@ def worker_relay(
     from pipeline.shutdown import stop_on_signals
     from producer.relay import Relay, RelayConfig
 
-    topology = load_topology(topology_file)
-    site = topology.dc(dc)
-    check_schema(dc, site.database)
+    _, site = data_site(topology_file, dc)
     config = RelayConfig(
         dc=dc,
         database=site.database,
@@ -170,9 +176,7 @@ def worker_applier(
     from pipeline.kafka_config import KafkaSettings
     from pipeline.shutdown import stop_on_signals
 
-    topology = load_topology(topology_file)
-    site = topology.dc(dc)
-    check_schema(dc, site.database)
+    topology, site = data_site(topology_file, dc)
     config = ApplierConfig(
         dc=dc,
         database=site.database,
