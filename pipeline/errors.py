@@ -159,11 +159,12 @@ class NotOwnerError(OwnershipError):
 
 
 class ShardNotWritableError(OwnershipError):
-    """This DC owns the shard but it is read-only (fenced, or handing over)."""
+    """This DC owns the shard but may not write it now: read-only (a handover) or its lease
+    has ended (the DC cannot hear a majority, or its controller stopped renewing it)."""
 
-    def __init__(self, shard: int, owner_dc: str):
+    def __init__(self, shard: int, owner_dc: str, why: str = "fenced or being handed over") -> None:
         super().__init__(
-            f"shard {shard} is read-only in {owner_dc} (fenced or being handed over): retry later",
+            f"shard {shard} is read-only in {owner_dc} ({why}): retry later",
             shard=shard,
             owner_dc=owner_dc,
         )

@@ -55,21 +55,24 @@ def publish(conn: psycopg2.extensions.connection, event: ShardEvent) -> Publishe
     The event's ``owner_dc``, ``epoch`` and ``seq`` are assigned here (whatever the caller
     put there); ``shard`` must be the cluster's shard. Raises :class:`NotOwnerError` (naming
     the owner DC) when another DC owns the shard, :class:`ShardNotWritableError` when this DC
-    owns it but it is read-only, :class:`InvalidEventError` when the event does not match its
-    schema and :class:`EventTooLargeError` when it is over :data:`MAX_EVENT_BYTES`. The seq
-    is taken only once the event is encoded, so a refused event leaves no hole in the shard's
-    seqs even if the caller commits its other changes. Nothing is committed here: the caller
-    commits or rolls back.
+    owns it but it is read-only or its lease has ended, :class:`InvalidEventError` when the
+    event does not match its schema and :class:`EventTooLargeError` when it is over
+    :data:`MAX_EVENT_BYTES`. The seq is taken only once the event is encoded, so a refused
+    event leaves no hole in the shard's seqs even if the caller commits its other changes.
+    Nothing is committed here: the caller commits or rolls back.
     """
     if conn.autocommit:
         raise PipelineError("publish needs the caller's open transaction (autocommit is on)")
     with conn.cursor() as cur:
         # The row lock, held until the caller commits, makes writers of one shard queue: seqs
-        # are gapless and commit in seq order. Taken only when this DC may write the shard.
+        # are gapless and commit in seq order. Taken only when this DC may write the shard:
+        # it owns it, it is not read-only, and the lease the controller renews still runs
+        # by this database's clock (a stalled controller stops writes when the lease ends).
         cur.execute(
             "SELECT o.epoch, o.last_seq, l.name FROM shard_ownership o"
             " JOIN local_dc l ON o.owner_dc = l.name"
-            " WHERE o.shard = %s AND o.writable FOR UPDATE OF o",
+            " WHERE o.shard = %s AND o.writable AND o.lease_until > clock_timestamp()"
+            " FOR UPDATE OF o",
             (event.shard,),
         )
         row = cur.fetchone()
@@ -98,13 +101,18 @@ def publish(conn: psycopg2.extensions.connection, event: ShardEvent) -> Publishe
 def _refusal(cur: psycopg2.extensions.cursor, shard: int) -> PipelineError:
     """Why this DC may not write ``shard``: another DC owns it, or it is read-only here."""
     cur.execute(
-        "SELECT o.owner_dc, l.name FROM shard_ownership o, local_dc l WHERE o.shard = %s",
+        "SELECT o.owner_dc, l.name, o.writable FROM shard_ownership o, local_dc l"
+        " WHERE o.shard = %s",
         (shard,),
     )
     found = cur.fetchone()
     if found is None:
         return PipelineError(f"shard {shard} is not in this DC's shard_ownership table")
-    owner, local = found
-    if owner == local:
-        return ShardNotWritableError(shard, owner)
-    return NotOwnerError(shard, owner, local)
+    owner, local, writable = found
+    if owner != local:
+        return NotOwnerError(shard, owner, local)
+    if writable:
+        return ShardNotWritableError(
+            shard, owner, "its lease has ended: this DC cannot hear a majority of DCs"
+        )
+    return ShardNotWritableError(shard, owner)

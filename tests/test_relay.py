@@ -135,6 +135,29 @@ def test_publish_refuses_a_shard_owned_elsewhere_naming_the_owner(stack: Running
         conn.close()
 
 
+def test_publish_refuses_a_shard_whose_lease_has_ended_and_takes_no_seq(
+    stack: RunningStack,
+) -> None:
+    own = owned_shards(stack, DC, 1)[0]
+    conn = connect(stack.dc(DC).database)
+    try:
+        before = last_seq(conn, own)
+        # Rolled back below: the shard keeps its endless lease for the other tests.
+        with conn.cursor() as cur:
+            cur.execute(
+                "UPDATE shard_ownership SET lease_until = clock_timestamp() - interval '1 ms'"
+                " WHERE shard = %s",
+                (own,),
+            )
+        with pytest.raises(ShardNotWritableError, match="lease has ended") as caught:
+            publish(conn, event_for(next(cluster_ids_of(own, 16)), own))
+        assert caught.value.owner_dc == DC
+        assert last_seq(conn, own) == before
+    finally:
+        conn.rollback()
+        conn.close()
+
+
 def last_seq(conn: psycopg2.extensions.connection, shard: int) -> int:
     with conn.cursor() as cur:
         cur.execute("SELECT last_seq FROM shard_ownership WHERE shard = %s", (shard,))
