@@ -207,6 +207,21 @@ def worker_applier(
     show_default=True,
     help="Seconds without a DC's heartbeat after which it is suspected.",
 )
+@click.option(
+    "--lease",
+    type=click.FloatRange(0.1, 3600),
+    default=None,
+    help="Seconds a lease runs past the heartbeat it rests on; below --failure-timeout."
+    "  [default: half of --failure-timeout]",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(0, 600),
+    default=2.0,
+    show_default=True,
+    help="Longest wait, in seconds, for this DC's applier to reach the end of a failed"
+    " owner's topic before claiming its shard.",
+)
 @metrics_host_option
 @metrics_port_option
 def worker_controller(
@@ -214,24 +229,36 @@ def worker_controller(
     topology_file: Path,
     interval: float,
     failure_timeout: float,
+    lease: float | None,
+    drain_timeout: float,
     metrics_host: str,
     metrics_port: int,
 ) -> None:
-    """Publish this DC's heartbeat and watch every DC's (docs/ownership.md)."""
+    """Watch every DC's heartbeats, hold this DC's leases and fail shards over
+    (docs/ownership.md). One per DC is active; others wait as standbys."""
     from controller.worker import Controller, ControllerConfig
     from pipeline.kafka_config import KafkaSettings
     from pipeline.shutdown import stop_on_signals
 
     if failure_timeout <= 2 * interval:
         raise click.UsageError("--failure-timeout must be more than twice --interval")
-    topology = load_topology(topology_file)
-    site = topology.dc(dc)
+    lease_s = failure_timeout / 2 if lease is None else lease
+    if lease_s >= failure_timeout:
+        raise click.UsageError("--lease must be below --failure-timeout")
+    topology, site = data_site(topology_file, dc)
+    if site.witness:
+        raise click.UsageError(
+            f"{dc} is a witness: its controller (promises kept in Kafka) is not built yet"
+        )
     config = ControllerConfig(
         dc=dc,
         kafka=KafkaSettings(site.kafka, client_id=f"coopr-controller-{dc}"),
-        dcs=tuple(d.name for d in topology.dcs),
+        topology=topology,
+        database=site.database,
         interval_s=interval,
         failure_timeout_s=failure_timeout,
+        lease_s=lease_s,
+        drain_timeout_s=drain_timeout,
     )
     with Controller(config, stop_on_signals()) as controller:
         serve_while(controller.run, controller.health, host=metrics_host, port=metrics_port, dc=dc)

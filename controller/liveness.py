@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from controller.protocol import PeerView, Promise, heard, majority, suspected_by_majority
-from pipeline.events import Echo, Heartbeat
+from pipeline.events import Echo, Heartbeat, ShardOwnerView, ShardPromise
 
 __all__ = ["Liveness"]
 
@@ -25,6 +25,11 @@ class Liveness:
     dc: str
     dcs: tuple[str, ...]
     timeout_s: float
+    #: When this controller started listening. For one timeout after it, every DC counts as
+    #: heard: a controller that just started has not had the time to hear anyone, and must
+    #: neither suspect the others nor call itself fenced (which would make the others fail
+    #: its shards over at every restart). Leases rest on echoes only, so this grants none.
+    started_at: float = float("-inf")
     controller_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     _number: int = 0
     #: When each recent heartbeat number of this instance was sent: what an echo proves.
@@ -47,9 +52,16 @@ class Liveness:
         self._latest[heartbeat.dc] = (heartbeat, now)
         return True
 
-    def next_heartbeat(self, now: float, wall: datetime) -> Heartbeat:
+    def next_heartbeat(
+        self,
+        now: float,
+        wall: datetime,
+        promises: tuple[ShardPromise, ...] = (),
+        owners: tuple[ShardOwnerView, ...] = (),
+    ) -> Heartbeat:
         """The heartbeat to send at ``now`` (``wall``: the same moment by the wall clock, for
-        people): numbered, echoing the latest heartbeat of every DC heard."""
+        people): numbered, echoing the latest heartbeat of every DC heard, carrying this DC's
+        committed ``promises`` and the ``owners`` it applies."""
         self._number += 1
         self._sent[self._number] = now
         for number in [n for n, at in self._sent.items() if now - at > 2 * self.timeout_s]:
@@ -66,6 +78,8 @@ class Liveness:
             alive_dcs=tuple(sorted(self.heard(now) | {self.dc})),
             number=self._number,
             echoes=echoes,
+            promises=promises,
+            owners=owners,
             fenced=self.fenced(now),
         )
 
@@ -93,20 +107,28 @@ class Liveness:
         return dict(self._sent)
 
     def heard(self, now: float) -> frozenset[str]:
-        """The other DCs heard within the timeout."""
+        """The other DCs heard within the timeout (all of them within the timeout after
+        :attr:`started_at`)."""
+        if now - self.started_at < self.timeout_s:
+            return frozenset(dc for dc in self.dcs if dc != self.dc)
         return heard(self.views(), now, self.timeout_s)
 
     def suspected(self, now: float) -> frozenset[str]:
         """The other DCs this DC suspects: not heard within the timeout, or fenced by their
         own word."""
         views = self.views()
-        fresh = heard(views, now, self.timeout_s)
+        fresh = self.heard(now)
         return frozenset(
-            dc for dc in self.dcs if dc != self.dc and (dc not in fresh or views[dc].fenced)
+            dc
+            for dc in self.dcs
+            if dc != self.dc and (dc not in fresh or (dc in views and views[dc].fenced))
         )
 
     def suspected_by_majority(self, suspect: str, now: float) -> bool:
-        """Whether a majority of all DCs suspects ``suspect``, as far as this DC can tell."""
+        """Whether a majority of all DCs suspects ``suspect``, as far as this DC can tell
+        (never within the timeout after :attr:`started_at`)."""
+        if now - self.started_at < self.timeout_s:
+            return False
         return suspected_by_majority(
             suspect, self.dc, self.views(), now, self.timeout_s, len(self.dcs)
         )

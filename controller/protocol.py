@@ -110,11 +110,13 @@ def suspected_by_majority(
     return votes >= majority(dc_count)
 
 
-def claimant(topology: Topology, shard: int, suspected: Iterable[str]) -> str | None:
-    """The DC that claims ``shard`` when its owner fails: the first of its replica list that is
-    not suspected (``None`` when every one is)."""
-    out = set(suspected)
-    return next((dc for dc in topology.replica_list(shard) if dc not in out), None)
+def claimant(topology: Topology, shard: int, owner: str, suspected: Iterable[str]) -> str | None:
+    """The DC that claims ``shard`` from ``owner``: the first of the shard's replica list,
+    then its initial owner (a DC that came back after a failover), that is neither the owner
+    nor suspected (``None`` when there is none)."""
+    out = {owner, *suspected}
+    order = (*topology.replica_list(shard), topology.initial_owner(shard))
+    return next((dc for dc in order if dc not in out), None)
 
 
 def lease_end(

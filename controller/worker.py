@@ -1,11 +1,22 @@
-"""The controller worker: for now its liveness part (``docs/ownership.md``).
+"""The controller worker (``docs/ownership.md``): liveness, leases, promises, claims, takeover.
 
-Every ``interval_s`` it publishes this DC's heartbeat to the local ``coopr.heartbeat``
-(MirrorMaker 2 carries it to every other DC as ``<dc>.coopr.heartbeat``), and it reads the
-local copies of every other DC's heartbeats from their end: what arrived before it started
-says nothing about now. Its health and metrics say which DCs it hears, which it suspects,
-and whether it is fenced (it hears fewer than a majority). Claims, leases and takeover come
-next, on this loop.
+One controller per DC is active: it holds the DC's controller advisory lock; others wait as
+standbys and try the lock every interval. The active one, on a single loop:
+
+- every ``interval_s`` publishes this DC's heartbeat to the local ``coopr.heartbeat``
+  (MirrorMaker 2 carries it to every other DC), carrying its committed promises and the owner
+  of every shard as it applies them; it reads every other DC's heartbeats from their end (what
+  arrived before it started says nothing about now);
+- reads every DC's claims (``coopr.ownership``, local and mirrored, from the beginning: the
+  topic is compacted, one claim per shard) and records each one; a claim above this DC's
+  promise is promised (committed before the next heartbeat announces it), and a claim by
+  another DC above the shard's epoch here makes that DC the owner as this DC sees it;
+- renews the leases of the shards this DC owns into ``shard_ownership.lease_until``, from the
+  echoes of its heartbeats (a controller that stalls stops renewing: writes stop when the lease
+  ends, whatever the controller does);
+- when a majority suspects a shard's owner and this DC is the shard's claimant, drains the
+  owner's mirrored topic (bounded), claims with a fresh epoch of its own and the cut, waits for
+  a majority of promises (and for the old lease to end), and takes the shard over.
 
 Heartbeats are sent with a delivery timeout of a few intervals: one that could not leave in
 time is dropped rather than delivered late, when its echoes would be stale.
@@ -13,23 +24,48 @@ time is dropped rather than delivered late, when its echoes would be stale.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Gauge
 
+from controller.claims import Claiming, Phase, PromiseBook, drained
+from controller.ledger import Ledger
 from controller.liveness import Liveness
+from controller.protocol import Promise, claimant, lease_end, next_epoch, owner_ready_at
+from pipeline.admin import end_offsets
 from pipeline.codec import decode, encode
+from pipeline.db import connect
 from pipeline.errors import CodecError, first_line
-from pipeline.events import Heartbeat
+from pipeline.events import (
+    Heartbeat,
+    OwnershipChange,
+    OwnershipChangeReason,
+    ShardOwnerView,
+    ShardPromise,
+)
 from pipeline.kafka_config import KafkaSettings
 from pipeline.logging import get_logger
+from pipeline.ownership import Claim, ShardOwner
 from pipeline.shutdown import Closeable
-from pipeline.topics import HEARTBEAT_TOPIC, mirrored
+from pipeline.topics import HEARTBEAT_TOPIC, OWNERSHIP_TOPIC, mirrored, shard_topic
+from pipeline.topology import Topology
 
 __all__ = ["Controller", "ControllerConfig"]
 
@@ -39,18 +75,47 @@ SENT = Counter("coopr_controller_heartbeats_sent_total", "Heartbeats published."
 HEARD = Gauge("coopr_controller_dcs_heard", "Other DCs heard within the failure timeout.", ["dc"])
 SUSPECTED = Gauge("coopr_controller_dcs_suspected", "Other DCs this DC suspects.", ["dc"])
 FENCED = Gauge("coopr_controller_fenced", "1 while this DC hears fewer than a majority.", ["dc"])
+ACTIVE = Gauge("coopr_controller_active", "1 while this controller holds the DC's lock.", ["dc"])
+OWNED = Gauge("coopr_controller_shards_owned", "Shards this DC owns.", ["dc"])
+LEASED = Gauge(
+    "coopr_controller_shards_writable",
+    "Shards this DC owns, not read-only, whose lease runs: the ones it accepts writes for.",
+    ["dc"],
+)
+CLAIMS = Counter("coopr_controller_claims_total", "Claims this DC published.", ["dc"])
+TAKEOVERS = Counter("coopr_controller_takeovers_total", "Shards this DC took over.", ["dc"])
+FAILOVER_S = Gauge(
+    "coopr_controller_last_takeover_seconds",
+    "Seconds from the start of this DC's latest successful claim (the owner suspected by a"
+    " majority) to its takeover.",
+    ["dc"],
+)
+
+#: How often leases are renewed at most, in seconds: each renewal is two short statements.
+_RENEW_EVERY_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
 class ControllerConfig:
-    """Settings of one controller. Times in seconds."""
+    """Settings of one controller. Times in seconds.
+
+    ``lease_s`` must be below ``failure_timeout_s``: the difference absorbs clock rate
+    differences and scheduling delays (``docs/ownership.md``, "Assumptions")."""
 
     dc: str
     kafka: KafkaSettings
-    #: Every DC of the topology, witnesses included.
-    dcs: tuple[str, ...]
+    topology: Topology
+    #: libpq DSN of this DC's database.
+    database: str
     interval_s: float = 1.0
     failure_timeout_s: float = 10.0
+    lease_s: float = 5.0
+    #: Longest wait for this DC's applier to reach the end of the old owner's topic.
+    drain_timeout_s: float = 2.0
+
+    @property
+    def dcs(self) -> tuple[str, ...]:
+        return tuple(dc.name for dc in self.topology.dcs)
 
 
 class Controller(Closeable):
@@ -65,35 +130,59 @@ class Controller(Closeable):
             config.kafka.producer(**{"linger.ms": 0, "message.timeout.ms": timeout_ms})
         )
         self._consumer = Consumer(config.kafka.consumer(f"coopr-controller-{config.dc}"))
+        self._admin = AdminClient(config.kafka.admin())
+        self._conn = connect(config.database)
+        self._ledger = Ledger(self._conn, config.dc)
         self._labels = {"dc": config.dc}
         self._log = log.bind(dc=config.dc, controller_id=self.liveness.controller_id)
+        self._index = config.dcs.index(config.dc)
+        self.active = False
         self.last_error: str | None = None
+        self._owners: dict[int, ShardOwner] = {}
+        self._promises: dict[int, Promise] = {}
+        self._claims: dict[int, Claim] = {}
+        self._book = PromiseBook()
+        self._claiming: dict[int, Claiming] = {}
+        #: DCs that have run a controller: their leases are finite (see _claimable).
+        self._leased_dcs: set[str] = set()
+        self._renewed_at = 0.0
+        self._started_at = 0.0
 
     def close(self) -> None:
         self._consumer.close()
         self._producer.flush(self.config.interval_s)
+        self._conn.close()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy unless fenced or failing to send; lists the DCs heard and suspected."""
+        """Healthy unless fenced or failing; lists the DCs heard and suspected, the shards
+        owned and writable, and the claims in progress."""
         now = time.monotonic()
         fenced = self.liveness.fenced(now)
+        mine = [o for o in self._owners.values() if o.owner_dc == self.config.dc]
         details = {
             "dc": self.config.dc,
             "controller_id": self.liveness.controller_id,
+            "active": self.active,
             "heard": sorted(self.liveness.heard(now)),
             "suspected": sorted(self.liveness.suspected(now)),
             "fenced": fenced,
             "last_heard_s": {k: round(v, 3) for k, v in self.liveness.last_heard(now).items()},
+            "owned": sorted(o.shard for o in mine),
+            "writable": sorted(o.shard for o in mine if o.writable and o.leased),
+            "claiming": {str(c.shard): c.phase.value for c in self._claiming.values()},
             "last_error": self.last_error,
         }
         return not fenced and self.last_error is None, details
 
+    # --- the loop -----------------------------------------------------------------------
+
     def run(self) -> None:
-        others = [dc for dc in self.config.dcs if dc != self.config.dc]
-        self._consumer.assign(
-            [TopicPartition(mirrored(dc, HEARTBEAT_TOPIC), 0, OFFSET_END) for dc in others]
-        )
-        self._log.info("controller starting", dcs=len(self.config.dcs))
+        while not self._ledger.try_lock():
+            if self.stop.wait(self.config.interval_s):
+                return
+        self.active = True
+        ACTIVE.labels(**self._labels).set(1)
+        self._start()
         next_send = time.monotonic()
         was_fenced = False
         while not self.stop.is_set():
@@ -102,13 +191,102 @@ class Controller(Closeable):
                 self._send(now)
                 next_send = max(next_send + self.config.interval_s, now)
                 was_fenced = self._observe(now, was_fenced)
+                self._act(now)
+                took = time.monotonic() - now
+                if took > self.config.interval_s:
+                    # Heartbeats wait for this loop: a slow round delays them all.
+                    self._log.warning("controller round slow", took_s=round(took, 3))
             msg = self._consumer.poll(max(0.0, min(0.1, next_send - time.monotonic())))
             if msg is not None:
                 self._receive(msg)
+            if time.monotonic() - self._renewed_at >= _RENEW_EVERY_S:
+                self._renew(time.monotonic())
         self._log.info("controller stopped")
 
+    def _start(self) -> None:
+        """Take charge: learn every claim so far, then make leases finite, before the first
+        heartbeat (a DC's first heartbeat tells the others its leases are finite)."""
+        others = [dc for dc in self.config.dcs if dc != self.config.dc]
+        claim_topics = [OWNERSHIP_TOPIC, *(mirrored(dc, OWNERSHIP_TOPIC) for dc in others)]
+        for dc in others:
+            if self._has_heartbeats(dc):
+                self._leased_dcs.add(dc)
+        self._catch_up_claims(claim_topics)
+        self._reload()
+        ended = self._ledger.end_static_leases()
+        self._started_at = self.liveness.started_at = time.monotonic()
+        self._consumer.assign(
+            [TopicPartition(mirrored(dc, HEARTBEAT_TOPIC), 0, OFFSET_END) for dc in others]
+            + [TopicPartition(t, 0, OFFSET_END) for t in claim_topics]
+        )
+        self._log.info(
+            "controller active",
+            dcs=len(self.config.dcs),
+            static_leases_ended=ended,
+            claims=len(self._claims),
+            leased_dcs=sorted(self._leased_dcs),
+        )
+
+    def _has_heartbeats(self, dc: str) -> bool:
+        """Whether ``dc`` ever sent a heartbeat here (its mirrored topic holds a record)."""
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(mirrored(dc, HEARTBEAT_TOPIC), 0), timeout=5.0
+            )
+        except KafkaException:
+            return False
+        return int(high) > 0
+
+    def _catch_up_claims(self, topics: list[str]) -> None:
+        """Read every claim topic from its beginning to the end it had when this started
+        (bounded: at most 30 s)."""
+        ends: dict[str, int] = {}
+        for topic in topics:
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, 0), timeout=5.0
+                )
+            except KafkaException:
+                continue
+            if high > 0:
+                ends[topic] = int(high)
+        if not ends:
+            return
+        self._consumer.assign([TopicPartition(t, 0, OFFSET_BEGINNING) for t in ends])
+        deadline = time.monotonic() + 30.0
+        reached: set[str] = set()
+        while reached != set(ends) and time.monotonic() < deadline and not self.stop.is_set():
+            msg = self._consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            self._receive(msg)
+            topic = msg.topic() or ""
+            if (msg.offset() or 0) + 1 >= ends.get(topic, 0):
+                reached.add(topic)
+        self._consumer.unassign()
+
+    def _reload(self) -> None:
+        self._owners = self._ledger.ownership()
+        self._promises = self._ledger.promises()
+        self._claims = self._ledger.claims()
+        mine = [o for o in self._owners.values() if o.owner_dc == self.config.dc]
+        OWNED.labels(**self._labels).set(len(mine))
+        LEASED.labels(**self._labels).set(sum(1 for o in mine if o.writable and o.leased))
+
+    # --- heartbeats ---------------------------------------------------------------------
+
     def _send(self, now: float) -> None:
-        heartbeat = self.liveness.next_heartbeat(now, datetime.now(UTC))
+        heartbeat = self.liveness.next_heartbeat(
+            now,
+            datetime.now(UTC),
+            promises=tuple(
+                ShardPromise(s, p.epoch, p.heard_owner) for s, p in sorted(self._promises.items())
+            ),
+            owners=tuple(
+                ShardOwnerView(o.shard, o.owner_dc, o.epoch, o.writable and o.leased)
+                for o in self._owners.values()
+            ),
+        )
         try:
             self._producer.produce(
                 HEARTBEAT_TOPIC,
@@ -130,12 +308,19 @@ class Controller(Closeable):
         try:
             event = decode(msg.value() or b"")
         except CodecError as e:
-            self._log.warning(
-                "undecodable heartbeat ignored", topic=msg.topic(), error=first_line(e)
-            )
+            self._log.warning("undecodable record ignored", topic=msg.topic(), error=first_line(e))
             return
+        now = time.monotonic()
         if isinstance(event, Heartbeat):
-            self.liveness.receive(event, time.monotonic())
+            if self.liveness.receive(event, now):
+                self._leased_dcs.add(event.dc)
+                for p in event.promises:
+                    self._book.note(event.dc, p.shard, Promise(p.epoch, p.heard_owner), now)
+                    if p.epoch > self._promised(p.shard):
+                        self._promise(p.shard, p.epoch, now)
+                self._renew(now)
+        elif isinstance(event, OwnershipChange):
+            self._see_claim(Claim.of(event), now)
 
     def _observe(self, now: float, was_fenced: bool) -> bool:
         heard = self.liveness.heard(now)
@@ -150,3 +335,248 @@ class Controller(Closeable):
                 heard=sorted(heard),
             )
         return fenced
+
+    # --- promises, claims, leases -------------------------------------------------------
+
+    def _promised(self, shard: int) -> int:
+        held = self._promises.get(shard)
+        return 0 if held is None else held.epoch
+
+    def _promise(self, shard: int, epoch: int, now: float) -> None:
+        owner = self._owners.get(shard)
+        # A controller that started less than T ago does not know what its predecessor in
+        # this DC echoed: it counts as having heard the owner, so the claimant waits L.
+        heard_owner = (
+            owner is None
+            or owner.owner_dc == self.config.dc
+            or owner.owner_dc in self.liveness.heard(now)
+            or now - self._started_at < self.config.failure_timeout_s
+        )
+        if self._ledger.promise(shard, epoch, heard_owner):
+            self._log.info("promised", shard=shard, epoch=epoch, heard_owner=heard_owner)
+        mine = self._claiming.get(shard)
+        if mine is not None and (mine.claim is None or mine.claim.epoch < epoch):
+            self._log.warning("claim given up: a higher epoch was promised", shard=shard)
+            del self._claiming[shard]
+        self._reload()
+        self._book.note(self.config.dc, shard, self._promises[shard], now)
+
+    def _see_claim(self, claim: Claim, now: float) -> None:
+        if self._ledger.see_claim(claim):
+            self._log.info(
+                "claim seen",
+                shard=claim.shard,
+                epoch=claim.epoch,
+                to_dc=claim.to_dc,
+                from_dc=claim.from_dc,
+                cut=claim.cut,
+                reason=claim.reason.value,
+            )
+        if claim.epoch > self._promised(claim.shard):
+            self._promise(claim.shard, claim.epoch, now)
+        else:
+            self._reload()
+
+    def _renew(self, now: float) -> None:
+        """Extend the lease of every shard this DC owns and has promised nothing above."""
+        self._renewed_at = now
+        views, sent_at = self.liveness.views(), self.liveness.sent_at()
+        ends: dict[tuple[int, int], float] = {}
+        for o in self._owners.values():
+            if o.owner_dc != self.config.dc or self._promised(o.shard) > o.epoch:
+                continue
+            end = lease_end(
+                o.shard,
+                o.epoch,
+                self.config.dc,
+                views,
+                sent_at,
+                len(self.config.dcs),
+                self.config.lease_s,
+            )
+            if end is not None:
+                ends[(o.shard, o.epoch)] = end
+        if not ends:
+            return
+        clock = self._ledger.read_clock(time.monotonic)
+        if self._ledger.renew({key: clock.at(end) for key, end in ends.items()}):
+            was = {o.shard for o in self._owners.values() if o.leased}
+            self._reload()
+            regained = {o.shard for o in self._owners.values() if o.leased} - was
+            if regained:
+                self._log.info("leases running", shards=sorted(regained))
+
+    def _act(self, now: float) -> None:
+        """Start claims the views call for and move the ones in progress on."""
+        suspected = self.liveness.suspected(now)
+        fenced = self.liveness.fenced(now)
+        for shard, owner in sorted(self._owners.items()):
+            if shard in self._claiming or fenced or not self._claimable(owner, suspected, now):
+                continue
+            self._claiming[shard] = Claiming(
+                shard,
+                owner.owner_dc,
+                owner.epoch,
+                started_at=now,
+                drain_until=now + self.config.drain_timeout_s,
+            )
+            self._log.warning(
+                "owner suspected by a majority: claiming", shard=shard, owner=owner.owner_dc
+            )
+        self._resume_claims(now)
+        draining = [c for c in self._claiming.values() if c.phase is Phase.DRAINING]
+        drained_now = self._drained(draining, now) if draining else []
+        if drained_now:
+            self._claim(drained_now, now)
+        for claiming in list(self._claiming.values()):
+            if claiming.phase is Phase.PROMISING:
+                self._await_promises(claiming, now)
+
+    def _resume_claims(self, now: float) -> None:
+        """See through this DC's own claims that no claim in progress here stands for: ones
+        published before this controller started (by it or by its predecessor)."""
+        for shard, claim in sorted(self._claims.items()):
+            held = self._owners.get(shard)
+            if (
+                claim.to_dc == self.config.dc
+                and shard not in self._claiming
+                and held is not None
+                and held.epoch < claim.epoch
+                and max(self._promised(shard), self._book.highest(shard)) <= claim.epoch
+            ):
+                self._claiming[shard] = Claiming(
+                    shard,
+                    claim.from_dc,
+                    claim.from_epoch,
+                    started_at=now,
+                    drain_until=now,
+                    phase=Phase.PROMISING,
+                    claim=claim,
+                    claimed_at=now,
+                )
+                self._book.note(self.config.dc, shard, self._promises[shard], now)
+                self._log.info("resuming claim", shard=shard, epoch=claim.epoch)
+
+    def _claimable(self, owner: ShardOwner, suspected: frozenset[str], now: float) -> bool:
+        """Whether this DC claims ``owner.shard`` now. Never from a DC that has not run a
+        controller: its lease is endless until it does (static ownership)."""
+        shard, dc = owner.shard, owner.owner_dc
+        if dc == self.config.dc or dc not in self._leased_dcs:
+            return False
+        if not self.liveness.suspected_by_majority(dc, now):
+            return False
+        if claimant(self.config.topology, shard, dc, suspected) != self.config.dc:
+            return False
+        # A live DC's claim above the owner's epoch is under way: leave it to finish.
+        return max(self._promised(shard), self._book.highest(shard)) <= owner.epoch or (
+            self._claims.get(shard) is not None
+            and self._claims[shard].to_dc in suspected
+            and self._claims[shard].epoch > owner.epoch
+        )
+
+    def _drained(self, draining: list[Claiming], now: float) -> list[Claiming]:
+        """The claims among ``draining`` whose drain is over at ``now``. A topic whose end
+        cannot be read counts as not reached: its drain ends at its deadline."""
+        topics = {c.shard: mirrored(c.from_dc, shard_topic(c.shard)) for c in draining}
+        ends = end_offsets(self._admin, topics.values(), timeout_s=self.config.interval_s)
+        return [
+            c
+            for c in draining
+            if drained(
+                c,
+                self._ledger.applied_offset(topics[c.shard]) or 0,
+                ends.get(topics[c.shard], sys.maxsize),
+                now,
+                self.config.interval_s,
+            )
+        ]
+
+    def _claim(self, drained_now: list[Claiming], now: float) -> None:
+        """Claim the shards whose drain is over: commit the claims (and this DC's promises
+        of them) in one transaction, then publish them."""
+        heard = self.liveness.heard(now)
+        made: list[tuple[Claim, bool]] = []
+        for claiming in drained_now:
+            shard = claiming.shard
+            position = self._ledger.applied_position(shard)
+            cut = position[1] if position is not None and position[0] == claiming.from_epoch else 0
+            seen = [
+                claiming.from_epoch,
+                self._promised(shard),
+                self._book.highest(shard),
+                *(c.epoch for c in [self._claims.get(shard)] if c is not None),
+            ]
+            claim = Claim(
+                shard=shard,
+                epoch=next_epoch(seen, self._index),
+                from_dc=claiming.from_dc,
+                from_epoch=claiming.from_epoch,
+                to_dc=self.config.dc,
+                cut=cut,
+                reason=OwnershipChangeReason.FAILOVER,
+                event_id=str(uuid.uuid4()),
+                claimed_at=datetime.now(UTC),
+            )
+            made.append((claim, claiming.from_dc in heard))
+            claiming.claim, claiming.claimed_at, claiming.phase = claim, now, Phase.PROMISING
+        self._ledger.claim(made)
+        for claim, heard_owner in made:
+            self._producer.produce(
+                OWNERSHIP_TOPIC, key=str(claim.shard).encode(), value=encode(claim.event())
+            )
+            self._book.note(self.config.dc, claim.shard, Promise(claim.epoch, heard_owner), now)
+            CLAIMS.labels(**self._labels).inc()
+            self._log.warning(
+                "claimed",
+                shard=claim.shard,
+                epoch=claim.epoch,
+                from_dc=claim.from_dc,
+                from_epoch=claim.from_epoch,
+                cut=claim.cut,
+                drained_s=round(now - self._claiming[claim.shard].started_at, 3),
+            )
+        self._producer.flush(self.config.interval_s)
+        self._reload()
+
+    def _await_promises(self, claiming: Claiming, now: float) -> None:
+        claim = claiming.claim
+        assert claim is not None
+        if max(self._book.highest(claim.shard), self._promised(claim.shard)) > claim.epoch:
+            self._log.warning("claim given up: a higher epoch was promised", shard=claim.shard)
+            del self._claiming[claim.shard]
+            return
+        ready = owner_ready_at(
+            claim.epoch,
+            claim.from_dc,
+            self._book.of(claim.shard, claim.epoch),
+            len(self.config.dcs),
+            self.config.lease_s,
+        )
+        if ready is None or now < ready:
+            return
+        end = lease_end(
+            claim.shard,
+            claim.epoch,
+            self.config.dc,
+            self.liveness.views(),
+            self.liveness.sent_at(),
+            len(self.config.dcs),
+            self.config.lease_s,
+        )
+        until = None if end is None else self._ledger.read_clock(time.monotonic).at(end)
+        done = self._ledger.take_over(claim, until)
+        del self._claiming[claim.shard]
+        self._reload()
+        TAKEOVERS.labels(**self._labels).inc()
+        took = time.monotonic() - claiming.started_at
+        FAILOVER_S.labels(**self._labels).set(took)
+        self._log.warning(
+            "took over",
+            shard=claim.shard,
+            epoch=claim.epoch,
+            from_dc=claim.from_dc,
+            cut=claim.cut,
+            clusters=done.clusters,
+            restarts=done.restarts,
+            took_s=round(took, 3),
+        )

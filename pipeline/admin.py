@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
 
 # confluent_kafka.admin re-exports NewTopic from cimpl, but its stubs do not declare that.
 from confluent_kafka.cimpl import NewTopic
@@ -14,7 +15,7 @@ from confluent_kafka.cimpl import NewTopic
 from pipeline.errors import UnreachableError
 from pipeline.kafka_config import KafkaSettings
 
-__all__ = ["TopicSpec", "ensure_topics", "high_watermark", "list_topics"]
+__all__ = ["TopicSpec", "end_offsets", "ensure_topics", "high_watermark", "list_topics"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +87,23 @@ def high_watermark(settings: KafkaSettings, topic: str, partition: int = 0) -> i
     finally:
         consumer.close()
     return int(high)
+
+
+def end_offsets(admin: AdminClient, topics: Iterable[str], timeout_s: float) -> dict[str, int]:
+    """The high watermark of partition 0 of each of ``topics``, in one request per broker;
+    a topic whose answer failed or did not come within ``timeout_s`` is left out.
+
+    One ``list_offsets`` call rather than a consumer's per-partition query: that one times
+    out on the first query of a topic whose metadata it has not cached yet."""
+    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # untyped in the library
+    wanted = {TopicPartition(t, 0): latest for t in topics}
+    if not wanted:
+        return {}
+    futures = admin.list_offsets(wanted, request_timeout=timeout_s)
+    found: dict[str, int] = {}
+    for tp, future in futures.items():
+        try:
+            found[tp.topic] = int(future.result(timeout=timeout_s).offset)
+        except (KafkaException, TimeoutError):
+            continue
+    return found

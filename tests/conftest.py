@@ -4,21 +4,32 @@ The ``stack`` fixture brings a 3-DC stack (Kafka in KRaft mode, MirrorMaker 2, P
 up once per test session on its own ports (``COOPR_TEST_BASE_PORT``, default 29090) in a
 temporary run dir, and takes it down with its data at the end. Set ``COOPR_TEST_RUN_DIR``
 to the run dir of a stack that is already up to reuse it instead (it is left running).
+
+Every shard of ``stack`` stays with its initial owner at epoch 1 under static ownership
+(endless leases): tests that run controllers, which fail shards over, use
+``failover_stack`` instead, a second 3-DC stack with two replicas per shard
+(``COOPR_TEST_FAILOVER_BASE_PORT``, default 28090; ``COOPR_TEST_FAILOVER_RUN_DIR`` to reuse
+one). Its ownership moves from test to test, so its tests read who owns what first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from psycopg2 import sql
 
+from pipeline.db import connect
 from pipeline.kafka_config import KafkaSettings
 from pipeline.stack import down, local_topology_toml, status, up
+from pipeline.stack.postgres import admin_dsn, create_database
 from pipeline.stack.processes import StackState, stop
 from pipeline.stack.toxiproxy import Toxiproxy, start_toxiproxy
 from pipeline.topology import DataCenter, Topology, load_topology
@@ -40,30 +51,43 @@ class RunningStack:
         return self.topology.dc(name)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    reuse = os.environ.get("COOPR_TEST_RUN_DIR")
+def _session_stack(
+    tmp_path_factory: pytest.TempPathFactory, name: str, replicas: int
+) -> Iterator[RunningStack]:
+    prefix = "COOPR_TEST_" + ("" if name == "stack" else name.upper() + "_")
+    reuse = os.environ.get(prefix + "RUN_DIR")
     if reuse:
         run_dir = Path(reuse)
         state = StackState.load(run_dir)
         if state is None:
-            pytest.fail(
-                f"COOPR_TEST_RUN_DIR={reuse} holds no stack: run `stack up --run-dir {reuse}`"
-            )
+            pytest.fail(f"{prefix}RUN_DIR={reuse} holds no stack: run `stack up --run-dir {reuse}`")
         unhealthy = [r.name for r in status(run_dir) if not r.healthy]
         if unhealthy:
             pytest.fail(f"the stack in {reuse} is not healthy: {', '.join(unhealthy)}")
         yield RunningStack(run_dir, Path(state.topology), load_topology(state.topology))
         return
-    run_dir = tmp_path_factory.mktemp("stack")
+    run_dir = tmp_path_factory.mktemp(name)
     topology_file = run_dir / "topology.toml"
-    base_port = int(os.environ.get("COOPR_TEST_BASE_PORT", "29090"))
-    topology_file.write_text(local_topology_toml(3, base_port=base_port))
+    default = "29090" if name == "stack" else "28090"
+    base_port = int(os.environ.get(prefix + "BASE_PORT", default))
+    topology_file.write_text(local_topology_toml(3, replicas=replicas, base_port=base_port))
     try:
         up(run_dir, topology_file)
         yield RunningStack(run_dir, topology_file, load_topology(topology_file))
     finally:
         down(run_dir, wipe=True)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """3 DCs, one replica per shard, static ownership."""
+    yield from _session_stack(tmp_path_factory, "stack", replicas=1)
+
+
+@pytest.fixture(scope="session")
+def failover_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """3 DCs, two replicas per shard, for tests that run controllers."""
+    yield from _session_stack(tmp_path_factory, "failover", replicas=2)
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +104,27 @@ def toxiproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Toxiproxy]:
         yield server
     finally:
         stop(record)
+
+
+@pytest.fixture
+def fresh_dsn(stack: RunningStack) -> Iterator[str]:
+    """The DSN of a new, empty database on dc1's server, dropped after the test."""
+    site = stack.dc("dc1")
+    name = f"coopr_t_{uuid.uuid4().hex[:12]}"
+    dsn = urlsplit(site.database)._replace(path=f"/{name}").geturl()
+    create_database(dataclasses.replace(site, database=dsn))
+    try:
+        yield dsn
+    finally:
+        admin = connect(admin_dsn(site))
+        try:
+            admin.autocommit = True
+            with admin.cursor() as cur:
+                cur.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+        finally:
+            admin.close()
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
-"""Controllers on the real stack: every DC hears every other through MirrorMaker 2; a DC cut
-off by its links is suspected by the others and fences itself; after the heal all hear all
-again."""
+"""Controllers on the real stack (``failover_stack``: 3 DCs, two replicas per shard): every DC
+hears every other through MirrorMaker 2; a DC cut off by its links is suspected by the others
+and fences itself; a DC killed loses its shards to their first live replica, at a new epoch,
+within the failure timeout plus a few seconds; when it comes back it is demoted.
+
+Ownership moves from test to test here: each test reads who owns what first."""
 
 from __future__ import annotations
 
@@ -9,35 +12,65 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from pipeline.db import fetch_all
+from pipeline.ownership import INITIAL_EPOCH
 from pipeline.stack.links import heal, partition
+from pipeline.stack.orchestrator import kill_dc, start_dc
 from tests.conftest import RunningStack
 from tests.workers import WorkerProcess
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
-TIMEOUT_S = 4.0
+TIMEOUT_S = 6.0
+
+
+def controller(stack: RunningStack, dc: str) -> WorkerProcess:
+    return WorkerProcess(
+        stack.topology_file,
+        "worker",
+        "controller",
+        "--dc",
+        dc,
+        "--interval",
+        "0.5",
+        "--failure-timeout",
+        str(TIMEOUT_S),
+    )
+
+
+@pytest.fixture
+def stack(failover_stack: RunningStack) -> RunningStack:
+    return failover_stack
 
 
 @pytest.fixture
 def controllers(stack: RunningStack) -> Iterator[dict[str, WorkerProcess]]:
-    started = {
-        dc.name: WorkerProcess(
-            stack.topology_file,
-            "worker",
-            "controller",
-            "--dc",
-            dc.name,
-            "--interval",
-            "0.5",
-            "--failure-timeout",
-            str(TIMEOUT_S),
-        )
-        for dc in stack.topology.dcs
-    }
+    started = {dc.name: controller(stack, dc.name) for dc in stack.topology.dcs}
     yield started
     for worker in started.values():
         if worker.proc.poll() is None:
             worker.kill()
+
+
+Ownership = dict[int, tuple[str, int, bool]]
+
+
+def ownership(stack: RunningStack, dc: str) -> Ownership:
+    """Per shard, as ``dc``'s database has it: owner, epoch, and whether it accepts writes."""
+    rows = fetch_all(
+        stack.dc(dc).database,
+        "SELECT shard, owner_dc, epoch, writable AND lease_until > clock_timestamp()"
+        " FROM shard_ownership",
+    )
+    return {s: (owner, epoch, ok) for s, owner, epoch, ok in rows}
+
+
+def writable_everywhere(stack: RunningStack) -> bool:
+    """Every shard accepts writes at its owner, as the owner sees it."""
+    views = {dc.name: ownership(stack, dc.name) for dc in stack.topology.dcs}
+    return all(
+        views[owner][s] == (owner, epoch, True) for s, (owner, epoch, _) in views["dc1"].items()
+    )
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
@@ -88,5 +121,61 @@ def test_a_dc_cut_off_is_suspected_by_the_others_and_fences_itself(
         heal(stack.topology, "dc3")
     wait_until(lambda: hears_all(controllers), 90, "all hear all again after the heal")
     print(f"dc3 suspected {took:.1f} s after the cut (failure timeout {TIMEOUT_S:g} s)")
+    for worker in controllers.values():
+        assert worker.terminate() == 0, worker.output()[-2000:]
+
+
+def test_a_killed_dc_loses_its_shards_to_their_first_live_replica_and_is_demoted_on_return(
+    stack: RunningStack, controllers: dict[str, WorkerProcess]
+) -> None:
+    wait_until(lambda: hears_all(controllers), 60, "every controller hears every other")
+    wait_until(lambda: writable_everywhere(stack), 30, "every shard writable at its owner")
+    before = ownership(stack, "dc1")
+    counts = {dc: sum(1 for o, _, _ in before.values() if o == dc) for dc in controllers}
+    victim = max(sorted(counts), key=lambda dc: counts[dc])
+    moved = sorted(s for s, (owner, _, _) in before.items() if owner == victim)
+    assert moved, before
+
+    controllers[victim].kill()
+    kill_dc(stack.run_dir, victim)
+    killed_at = time.monotonic()
+    try:
+        survivors = [dc for dc in controllers if dc != victim]
+
+        def taken_over() -> bool:
+            views = {dc: ownership(stack, dc) for dc in survivors}
+            for s in moved:
+                owner, epoch, _ = views[survivors[0]][s]
+                if owner == victim or views[owner][s] != (owner, epoch, True):
+                    return False
+                if any(views[dc][s][:2] != (owner, epoch) for dc in survivors):
+                    return False
+            return True
+
+        took = wait_until(taken_over, TIMEOUT_S + 15, f"the shards of {victim} taken over")
+        after = ownership(stack, survivors[0])
+        for s in moved:
+            owner, epoch, _ = after[s]
+            live = [dc for dc in stack.topology.replica_list(s) if dc != victim]
+            expected = live[0] if before[s][0] == stack.topology.initial_owner(s) else None
+            if expected is not None:
+                assert owner == expected, f"shard {s}: {owner} took it, not {expected}"
+            assert epoch > before[s][1] and epoch != INITIAL_EPOCH
+            # The epoch is the claimant's own: 64 * round + its index in the topology.
+            assert epoch % 64 == [d.name for d in stack.topology.dcs].index(owner)
+        print(
+            f"{len(moved)} shards of {victim} taken over {took:.1f} s after the kill"
+            f" ({time.monotonic() - killed_at:.1f} s; failure timeout {TIMEOUT_S:g} s)"
+        )
+    finally:
+        start_dc(stack.run_dir, victim)
+    controllers[victim] = controller(stack, victim)
+
+    def demoted() -> bool:
+        mine = ownership(stack, victim)
+        return all(mine[s] == (after[s][0], after[s][1], False) for s in moved)
+
+    wait_until(demoted, 60, f"{victim} demoted for the shards it lost")
+    wait_until(lambda: hears_all(controllers), 60, "all hear all again")
     for worker in controllers.values():
         assert worker.terminate() == 0, worker.output()[-2000:]

@@ -3,50 +3,23 @@ was edited since, or a database a newer release migrated, is refused, naming the
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
-from psycopg2 import sql
 
 import pipeline.db
 from cli import main
 from pipeline.db import check_migrations, connect, fetch_all, migrate, migrations
 from pipeline.errors import MigrationError
-from pipeline.stack.postgres import admin_dsn, create_database
 from tests.conftest import RunningStack
 
 pytestmark = pytest.mark.stack
 
 DC = "dc1"
 SHIPPED = Path(pipeline.db.__file__).with_name("migrations")
-
-
-@pytest.fixture
-def fresh_dsn(stack: RunningStack) -> Iterator[str]:
-    """The DSN of a new, empty database on dc1's server, dropped after the test."""
-    site = stack.dc(DC)
-    name = f"coopr_mig_{uuid.uuid4().hex[:12]}"
-    dsn = urlsplit(site.database)._replace(path=f"/{name}").geturl()
-    create_database(dataclasses.replace(site, database=dsn))
-    try:
-        yield dsn
-    finally:
-        admin = connect(admin_dsn(site))
-        try:
-            admin.autocommit = True
-            with admin.cursor() as cur:
-                cur.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
-        finally:
-            admin.close()
 
 
 def copy_of_shipped(folder: Path) -> Path:

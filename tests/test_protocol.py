@@ -125,9 +125,17 @@ def test_the_claimant_is_the_first_replica_not_suspected() -> None:
     topo = topology(4, replicas=2)
     shard = 0  # owned by dc1, replicas dc2 then dc3
     assert topo.replica_list(shard) == ("dc2", "dc3")
-    assert claimant(topo, shard, {"dc1"}) == "dc2"
-    assert claimant(topo, shard, {"dc1", "dc2"}) == "dc3"
-    assert claimant(topo, shard, {"dc1", "dc2", "dc3"}) is None
+    assert claimant(topo, shard, "dc1", {"dc1"}) == "dc2"
+    assert claimant(topo, shard, "dc1", {"dc1", "dc2"}) == "dc3"
+    assert claimant(topo, shard, "dc1", {"dc1", "dc2", "dc3"}) is None
+
+
+def test_after_a_failover_the_initial_owner_comes_last_and_the_owner_never_claims() -> None:
+    topo = topology(4, replicas=2)
+    shard = 0  # owned by dc2 after a failover from dc1
+    assert claimant(topo, shard, "dc2", {"dc2"}) == "dc3"
+    assert claimant(topo, shard, "dc2", {"dc2", "dc3"}) == "dc1"
+    assert claimant(topo, shard, "dc2", set()) == "dc3"
 
 
 def test_the_claimant_waits_the_lease_out_only_for_promisers_that_heard_the_old_owner() -> None:

@@ -1,0 +1,224 @@
+"""The controller's durable state in its DC's database (``docs/ownership.md``, "State per
+DC"): leases, promises, claims and the takeover transaction.
+
+Every decision is committed here before the controller announces it (a promise before the
+heartbeat that carries it, a claim before its ``OwnershipChange``), so a standby controller
+continues from the same state. Each method is one transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import psycopg2.extensions
+from psycopg2.extras import execute_values
+
+from controller.protocol import Promise
+from pipeline.ownership import Claim, ShardOwner, read_claims, read_ownership, record_claim
+
+__all__ = ["CONTROLLER_LOCK", "DbClock", "Ledger", "Takeover"]
+
+#: Advisory lock key that makes one controller per DC the active one (the relay's is 1).
+CONTROLLER_LOCK = 0x636F6F7072_02
+
+
+@dataclass(frozen=True, slots=True)
+class DbClock:
+    """This database's clock as the controller's monotonic clock sees it, conservatively:
+    ``at(m)`` is never later, by the database's clock, than the moment ``m`` (seconds of
+    the monotonic clock). Taken from a reading of ``clock_timestamp()`` and the monotonic
+    time after its round trip ended."""
+
+    db_now: datetime
+    mono_after: float
+
+    def at(self, mono: float) -> datetime:
+        return self.db_now + timedelta(seconds=mono - self.mono_after)
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """What a takeover changed: clusters promoted into ``coopr_clusters``, restart requests
+    left for in-flight jobs."""
+
+    clusters: int
+    restarts: int
+
+
+class Ledger:
+    """The ownership tables of one DC, through one connection (not thread-safe)."""
+
+    def __init__(self, conn: psycopg2.extensions.connection, dc: str):
+        self._conn = conn
+        self.dc = dc
+
+    def try_lock(self) -> bool:
+        """Take the DC's controller lock for this session; False while another holds it."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (CONTROLLER_LOCK,))
+            row = cur.fetchone()
+        return bool(row and row[0])
+
+    def read_clock(self, mono: Callable[[], float]) -> DbClock:
+        """Read the database's clock; ``mono`` is the monotonic clock (``time.monotonic``)."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute("SELECT clock_timestamp()")
+            row = cur.fetchone()
+            after = mono()
+        if row is None:
+            raise RuntimeError("clock_timestamp() returned no row")
+        return DbClock(row[0], after)
+
+    def ownership(self) -> dict[int, ShardOwner]:
+        with self._conn:
+            return read_ownership(self._conn)
+
+    def last_seqs(self) -> dict[int, int]:
+        """The last seq this DC assigned in each shard's current epoch."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute("SELECT shard, last_seq FROM shard_ownership")
+            return {s: int(q) for s, q in cur.fetchall()}
+
+    def promises(self) -> dict[int, Promise]:
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute("SELECT shard, epoch, heard_owner FROM ownership_promises")
+            return {s: Promise(int(e), bool(h)) for s, e, h in cur.fetchall()}
+
+    def claims(self) -> dict[int, Claim]:
+        """The highest claim seen per shard."""
+        with self._conn, self._conn.cursor() as cur:
+            return {c.shard: c for c in read_claims(cur)}
+
+    def end_static_leases(self) -> int:
+        """Turn endless leases (static ownership) into ended ones: from now on writes need the
+        lease this controller renews. Returns how many shards changed."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "UPDATE shard_ownership SET lease_until = clock_timestamp()"
+                " WHERE lease_until = 'infinity'"
+            )
+            return int(cur.rowcount)
+
+    def renew(self, leases: Mapping[tuple[int, int], datetime]) -> int:
+        """Extend the leases of (shard, epoch) this DC owns to the given end (never shorten
+        one); returns how many rows moved."""
+        if not leases:
+            return 0
+        with self._conn, self._conn.cursor() as cur:
+            execute_values(
+                cur,
+                "UPDATE shard_ownership o SET lease_until = v.until"
+                " FROM (VALUES %s) AS v (shard, epoch, until)"
+                " WHERE o.shard = v.shard AND o.epoch = v.epoch"
+                " AND o.owner_dc = (SELECT name FROM local_dc) AND o.lease_until < v.until",
+                [(s, e, until) for (s, e), until in sorted(leases.items())],
+                template="(%s, %s::bigint, %s::timestamptz)",
+            )
+            return int(cur.rowcount)
+
+    def promise(self, shard: int, epoch: int, heard_owner: bool) -> bool:
+        """Promise ``epoch`` for ``shard`` unless an equal or higher one was; a promise above
+        this DC's own epoch of a shard it owns ends its lease in the same transaction (the
+        owner stops writing when it promises). False when nothing changed."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO ownership_promises AS p (shard, epoch, heard_owner)"
+                " VALUES (%s, %s, %s) ON CONFLICT (shard) DO UPDATE"
+                " SET epoch = EXCLUDED.epoch, heard_owner = EXCLUDED.heard_owner,"
+                " promised_at = now() WHERE p.epoch < EXCLUDED.epoch",
+                (shard, epoch, heard_owner),
+            )
+            if not cur.rowcount:
+                return False
+            cur.execute(
+                "UPDATE shard_ownership SET lease_until = LEAST(lease_until, clock_timestamp())"
+                " WHERE shard = %s AND owner_dc = %s AND epoch < %s",
+                (shard, self.dc, epoch),
+            )
+            return True
+
+    def see_claim(self, claim: Claim) -> bool:
+        """Record a claim of another DC (or this DC's own, seen back): in ``ownership_claims``,
+        and, when it is above the shard's epoch here and another DC claims, as the shard's
+        owner (read-only here, so routers send writes there). A DC that owned the shard is
+        demoted by it. False when the claim was known."""
+        with self._conn, self._conn.cursor() as cur:
+            added = record_claim(cur, claim)
+            if claim.to_dc != self.dc:
+                cur.execute(
+                    "UPDATE shard_ownership SET owner_dc = %s, epoch = %s, last_seq = 0,"
+                    " writable = false, lease_until = LEAST(lease_until, clock_timestamp()),"
+                    " updated_at = now() WHERE shard = %s AND epoch < %s",
+                    (claim.to_dc, claim.epoch, claim.shard, claim.epoch),
+                )
+            return added
+
+    def applied_position(self, shard: int) -> tuple[int, int] | None:
+        """The (epoch, last seq) this DC's applier reached in ``shard``, if any."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute("SELECT epoch, last_seq FROM replication_state WHERE shard = %s", (shard,))
+            row = cur.fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def applied_offset(self, topic: str) -> int | None:
+        """The next offset this DC's applier will read of ``topic`` (partition 0)."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT next_offset FROM applied_offsets WHERE topic = %s AND partition = 0",
+                (topic,),
+            )
+            row = cur.fetchone()
+        return None if row is None else int(row[0])
+
+    def claim(self, claims: Sequence[tuple[Claim, bool]]) -> None:
+        """Commit this DC's own claims, each with whether it had heard the old owner: its
+        promise of each claim's epoch and the claim itself, before the claims are published."""
+        with self._conn, self._conn.cursor() as cur:
+            for claim, heard_owner in claims:
+                cur.execute(
+                    "INSERT INTO ownership_promises AS p (shard, epoch, heard_owner)"
+                    " VALUES (%s, %s, %s) ON CONFLICT (shard) DO UPDATE"
+                    " SET epoch = EXCLUDED.epoch, heard_owner = EXCLUDED.heard_owner,"
+                    " promised_at = now() WHERE p.epoch < EXCLUDED.epoch",
+                    (claim.shard, claim.epoch, heard_owner),
+                )
+                record_claim(cur, claim)
+
+    def take_over(self, claim: Claim, lease_until: datetime | None) -> Takeover:
+        """The takeover of ``claim.shard`` by this DC, in one transaction (``docs/ownership.md``,
+        "Takeover"): the shard owned here at the claim's epoch, seq reset, writable, leased
+        until ``lease_until`` (ended when None); this DC's replica rows of the shard promoted
+        into ``coopr_clusters``; a restart request for every in-flight checkpoint. The
+        ownership trigger notifies routers at commit."""
+        with self._conn, self._conn.cursor() as cur:
+            record_claim(cur, claim)
+            cur.execute(
+                "UPDATE shard_ownership SET owner_dc = %s, epoch = %s, last_seq = 0,"
+                " writable = true, lease_until = COALESCE(%s, clock_timestamp()),"
+                " updated_at = now() WHERE shard = %s AND epoch < %s",
+                (self.dc, claim.epoch, lease_until, claim.shard, claim.epoch),
+            )
+            if cur.rowcount != 1:
+                self._conn.rollback()
+                return Takeover(0, 0)
+            cur.execute(
+                "INSERT INTO coopr_clusters (id, shard, status, latest_job_id, body, nodes)"
+                " SELECT cluster_id, shard, status, latest_job_id, body, nodes"
+                " FROM replica_clusters WHERE shard = %s"
+                " ON CONFLICT (id) DO UPDATE SET shard = EXCLUDED.shard,"
+                " status = EXCLUDED.status, latest_job_id = EXCLUDED.latest_job_id,"
+                " body = EXCLUDED.body, nodes = EXCLUDED.nodes, updated_at = now()",
+                (claim.shard,),
+            )
+            clusters = int(cur.rowcount)
+            cur.execute(
+                "INSERT INTO restart_requests (job_id, cluster_id, shard, epoch, checkpoint)"
+                " SELECT job_id, cluster_id, shard, %s, payload FROM replica_checkpoints"
+                " WHERE shard = %s AND NOT completed AND payload IS NOT NULL"
+                " ON CONFLICT (job_id) DO UPDATE SET epoch = EXCLUDED.epoch,"
+                " checkpoint = EXCLUDED.checkpoint, requested_at = now(), resumed_at = NULL",
+                (claim.epoch, claim.shard),
+            )
+            return Takeover(clusters, int(cur.rowcount))
