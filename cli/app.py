@@ -12,6 +12,7 @@ import click
 
 from cli.bench import bench
 from cli.db import db
+from cli.ownership import ownership
 from cli.simulate import demo, simulate
 from cli.stack import stack
 from cli.worker import worker
@@ -48,5 +49,5 @@ def main(log_level: str, log_json: bool | None) -> None:
     configure_logging(log_level, json=log_json)
 
 
-for _command in (stack, db, worker, simulate, demo, bench):
+for _command in (stack, db, worker, ownership, simulate, demo, bench):
     main.add_command(_command)

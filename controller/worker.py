@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg2
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -52,7 +53,7 @@ from controller.protocol import Promise, claimant, lease_end, next_epoch, owner_
 from pipeline.admin import end_offsets
 from pipeline.codec import decode, encode
 from pipeline.db import connect
-from pipeline.errors import CodecError, first_line
+from pipeline.errors import CodecError, UnreachableError, first_line
 from pipeline.events import (
     Heartbeat,
     OwnershipChange,
@@ -177,6 +178,19 @@ class Controller(Closeable):
     # --- the loop -----------------------------------------------------------------------
 
     def run(self) -> None:
+        """Wait for the DC's controller lock, then run until ``stop`` is set. Raises
+        :class:`UnreachableError` when the database fails: without it this DC can serve none
+        of its shards, so its controller stops sending heartbeats (the others fail its shards
+        over) and exits, for a standby or a restart to take over."""
+        try:
+            self._run()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+            raise UnreachableError(
+                f"the database of {self.config.dc} failed ({first_line(e)}): the controller"
+                " stops; a standby or a restart takes over"
+            ) from None
+
+    def _run(self) -> None:
         while not self._ledger.try_lock():
             if self.stop.wait(self.config.interval_s):
                 return
@@ -211,13 +225,14 @@ class Controller(Closeable):
         for dc in others:
             if self._has_heartbeats(dc):
                 self._leased_dcs.add(dc)
-        self._catch_up_claims(claim_topics)
+        read_to = self._catch_up_claims(claim_topics)
         self._reload()
         ended = self._ledger.end_static_leases()
         self._started_at = self.liveness.started_at = time.monotonic()
+        # Claims go on from where the catch-up stopped: one mirrored in between is not missed.
         self._consumer.assign(
             [TopicPartition(mirrored(dc, HEARTBEAT_TOPIC), 0, OFFSET_END) for dc in others]
-            + [TopicPartition(t, 0, OFFSET_END) for t in claim_topics]
+            + [TopicPartition(t, 0, read_to.get(t, OFFSET_BEGINNING)) for t in claim_topics]
         )
         self._log.info(
             "controller active",
@@ -237,9 +252,9 @@ class Controller(Closeable):
             return False
         return int(high) > 0
 
-    def _catch_up_claims(self, topics: list[str]) -> None:
+    def _catch_up_claims(self, topics: list[str]) -> dict[str, int]:
         """Read every claim topic from its beginning to the end it had when this started
-        (bounded: at most 30 s)."""
+        (bounded: at most 30 s); returns the next offset to read of each topic it read."""
         ends: dict[str, int] = {}
         for topic in topics:
             try:
@@ -250,20 +265,23 @@ class Controller(Closeable):
                 continue
             if high > 0:
                 ends[topic] = int(high)
+        read_to = {topic: 0 for topic in ends}
         if not ends:
-            return
+            return read_to
         self._consumer.assign([TopicPartition(t, 0, OFFSET_BEGINNING) for t in ends])
         deadline = time.monotonic() + 30.0
-        reached: set[str] = set()
-        while reached != set(ends) and time.monotonic() < deadline and not self.stop.is_set():
+        while (
+            any(read_to[t] < ends[t] for t in ends)
+            and time.monotonic() < deadline
+            and not self.stop.is_set()
+        ):
             msg = self._consumer.poll(0.2)
             if msg is None or msg.error() is not None:
                 continue
             self._receive(msg)
-            topic = msg.topic() or ""
-            if (msg.offset() or 0) + 1 >= ends.get(topic, 0):
-                reached.add(topic)
+            read_to[msg.topic() or ""] = (msg.offset() or 0) + 1
         self._consumer.unassign()
+        return read_to
 
     def _reload(self) -> None:
         self._owners = self._ledger.ownership()
