@@ -19,9 +19,11 @@ from simulator.planning import (
     MAX_ATTEMPTS,
     JobPlan,
     PlannedTask,
+    Resumption,
     choose_action,
     new_cluster,
     plan_job,
+    plan_restart,
 )
 from simulator.server import SimulationStats, SimulatorConfig, run_simulation
 from simulator.views import checkpoint_view, completion_view
@@ -31,6 +33,7 @@ __all__ = [
     "IdSpace",
     "JobPlan",
     "PlannedTask",
+    "Resumption",
     "SimulationStats",
     "SimulatorConfig",
     "checkpoint_view",
@@ -47,6 +50,7 @@ __all__ = [
     "node_to_json",
     "plan_from_json",
     "plan_job",
+    "plan_restart",
     "plan_to_json",
     "run_simulation",
     "task_id",

@@ -18,7 +18,7 @@ from pipeline.events import (
     ProvisionerAction,
     json_ready,
 )
-from simulator.planning import JobPlan, PlannedTask
+from simulator.planning import JobPlan, PlannedTask, Resumption
 
 __all__ = [
     "cluster_from_json",
@@ -59,6 +59,7 @@ def node_from_json(data: Mapping[str, Any]) -> Node:
 
 def plan_to_json(plan: JobPlan) -> dict[str, Any]:
     """The whole plan as JSON, enough for :func:`plan_from_json` to rebuild it exactly."""
+    r = plan.resumption
     return {
         "job_id": plan.job_id,
         "action": plan.action.value,
@@ -80,11 +81,13 @@ def plan_to_json(plan: JobPlan) -> dict[str, Any]:
         ],
         "final_status": plan.final_status.value,
         "failure": plan.failure,
+        "resumption": None if r is None else {"stage": r.stage, "round": r.round, "epoch": r.epoch},
     }
 
 
 def plan_from_json(data: Mapping[str, Any]) -> JobPlan:
-    """Inverse of :func:`plan_to_json`."""
+    """Inverse of :func:`plan_to_json`; a plan stored before resumptions existed has none."""
+    r = data.get("resumption")
     return JobPlan(
         job_id=data["job_id"],
         action=ClusterAction(data["action"]),
@@ -106,4 +109,5 @@ def plan_from_json(data: Mapping[str, Any]) -> JobPlan:
         ),
         final_status=ClusterStatus(data["final_status"]),
         failure=data["failure"],
+        resumption=None if r is None else Resumption(r["stage"], r["round"], r["epoch"]),
     )

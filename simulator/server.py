@@ -24,13 +24,23 @@ Guarantees:
   commit (a dropped connection) sees it applied and writes nothing.
 - Jobs that are RUNNING when the simulator stops keep their last checkpoint; the next
   simulator of the same DC resumes them at their next boundary (from ``coopr_jobs.plan``).
+- Restarts after a takeover (``docs/ownership.md``): the simulator of DC A resumes every
+  pending row of ``restart_requests`` in A's database whose shard A owns now, whatever DC
+  created the cluster (:func:`simulator.planning.plan_restart`). It looks at start, then at
+  most every :data:`_RESTART_POLL_S` and whenever ``coopr_ownership`` is notified, at the
+  loop's pace. A pending restart takes the next free slot of the jobs in flight before any
+  new job does. Its first write sets the request's ``resumed_at`` in the same transaction, so
+  a request is resumed exactly once, even across simulator restarts; from then on the job is
+  A's (A's next simulator resumes it if it is still RUNNING), and a write of the same job by
+  anyone else (a simulator still running the job's earlier life) is refused.
 - ``rate`` is publish transactions (boundaries plus completions) per second across all jobs,
   paced (no burst longer than one second of catch-up). ``rate x 0.5 s`` jobs run at once, so
   each job passes a boundary every half second on average.
 - The sequence of operations (kinds, sizes, services, outcomes, which clusters, the order in
   which jobs advance) depends only on ``seed``, the DC, ``rate`` (through the number of jobs
   in flight) and the starting database state, never on timing; ``duration_s`` only decides
-  where the sequence is cut. Retries do not draw from the seeded generator.
+  where the sequence is cut. Retries do not draw from the seeded generator. Restart requests
+  that appear while it runs change the sequence from the moment they are picked up.
 - After ``duration_s`` every job in flight passes one more boundary (it finishes its current
   stage), for at most :data:`_DRAIN_LIMIT_S` seconds, then the simulator returns. When
   ``stop`` is set it returns after the transaction in progress, within one backoff step.
@@ -44,6 +54,7 @@ import random
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,9 +65,11 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
+from pipeline.codec import decode
 from pipeline.db import connect
 from pipeline.errors import (
     ClusterBusyError,
+    CodecError,
     ConfigError,
     NotOwnerError,
     ShardNotWritableError,
@@ -71,6 +84,7 @@ from pipeline.events import (
     RestartCheckpoint,
 )
 from pipeline.logging import get_logger
+from pipeline.ownership import OWNERSHIP_CHANNEL
 from pipeline.shards import shard_of
 from pipeline.topology import Topology
 from producer.outbox import ShardEvent, publish
@@ -84,7 +98,7 @@ from simulator.json_forms import (
     plan_from_json,
     plan_to_json,
 )
-from simulator.planning import JobPlan, choose_action, new_cluster, plan_job
+from simulator.planning import JobPlan, choose_action, new_cluster, plan_job, plan_restart
 from simulator.views import checkpoint_view, completion_view
 
 __all__ = ["SimulationStats", "SimulatorConfig", "run_simulation"]
@@ -102,9 +116,17 @@ _PROGRESS_EVERY_S = 5.0
 _POOL_LIMIT = 10_000  # live clusters loaded at start, newest first
 _MIN_POOL = 5  # with fewer idle clusters every new job is a create
 _CREATE_P = 0.3
-# Event IDs are UUIDv5 of "<jobId>/<step>" in this namespace: a retried or resumed boundary
-# keeps its event ID, and job IDs never repeat, so event IDs never do either.
+_RESTART_POLL_S = 1.0  # at most this long between two looks for restart requests
+# Event IDs are UUIDv5 of "<jobId>/<step>" in this namespace, "<jobId>@<epoch>/<step>" for a
+# job restarted after a takeover at that epoch (its steps count from 0 again): a retried or
+# resumed boundary keeps its event ID, and job IDs and takeover epochs never repeat, so event
+# IDs never do either.
 _EVENT_NAMESPACE = uuid.UUID("5f0c2d1e-8a7b-4c3d-9e2f-6b1a0c9d8e7f")
+_REPLACE_JOB = (
+    " ON CONFLICT (id) DO UPDATE SET cluster_id = EXCLUDED.cluster_id, shard = EXCLUDED.shard,"
+    " action = EXCLUDED.action, status = EXCLUDED.status, step = EXCLUDED.step,"
+    " body = EXCLUDED.body, tasks = EXCLUDED.tasks, plan = EXCLUDED.plan, updated_at = now()"
+)
 _RETRYABLE_DB = (psycopg2.OperationalError, psycopg2.InterfaceError, UnreachableError)
 
 
@@ -136,19 +158,24 @@ class SimulatorConfig:
 class SimulationStats:
     """What a run did.
 
+    ``jobs_started`` counts new jobs, ``jobs_resumed`` RUNNING jobs taken up at start,
+    ``restarts_resumed`` restart requests resumed (their first write here committed);
     ``jobs_completed`` and ``jobs_failed`` count jobs that ended (COMPLETE, FAILED);
     ``jobs_rejected`` jobs refused because another job ran on the cluster; ``jobs_abandoned``
     jobs left at their last checkpoint after :data:`_TX_ATTEMPTS` failed attempts;
+    ``jobs_taken_over`` jobs given up because another DC's restart of them runs;
     ``writes_by_dc`` committed transactions per DC database (the routed writes);
     ``retries`` transactions retried; ``elapsed_s`` the run's wall-clock seconds.
     """
 
     jobs_started: int
     jobs_resumed: int
+    restarts_resumed: int
     jobs_completed: int
     jobs_failed: int
     jobs_rejected: int
     jobs_abandoned: int
+    jobs_taken_over: int
     events_published: int
     retries: int
     writes_by_dc: Mapping[str, int]
@@ -183,16 +210,24 @@ class _Outcome(Enum):
     REJECTED = "rejected"
     ABANDONED = "abandoned"
     INTERRUPTED = "interrupted"
+    TAKEN_OVER = "taken over"
+
+
+class _TakenOverError(Exception):
+    """The job's restart request in the writing DC belongs to another life of the job than
+    the flight's (a takeover restarted it there, or the flight's restart was superseded)."""
 
 
 @dataclass(slots=True)
 class _Counts:
     started: int = 0
     resumed: int = 0
+    restarts: int = 0
     completed: int = 0
     failed: int = 0
     rejected: int = 0
     abandoned: int = 0
+    taken_over: int = 0
     events: int = 0
     retries: int = 0
     writes: dict[str, int] = field(default_factory=dict)
@@ -233,11 +268,19 @@ class _Simulator:
         self._router: ShardRouter | None = None
         self._idle: dict[str, tuple[Cluster, tuple[Node, ...]]] = {}
         self._flights: list[_Flight] = []
+        # Restart requests planned and waiting for a slot, and the jobs of every request known
+        # to this run (waiting, in flight, or not resumable), which the next look skips.
+        self._restarts: deque[_Flight] = deque()
+        self._restart_jobs: set[str] = set()
+        self._listener: psycopg2.extensions.connection | None = None
+        self._next_restart_look = 0.0
         self._counts = _Counts(writes={dc.name: 0 for dc in topology.data_dcs})
 
     def close(self) -> None:
         if self._router is not None:
             self._router.close()
+        if self._listener is not None:
+            self._listener.close()
         self._dbs.close()
 
     def __enter__(self) -> _Simulator:
@@ -276,13 +319,17 @@ class _Simulator:
                     for body, nodes in cur.fetchall():
                         cluster = cluster_from_json(body)
                         pool[cluster.id] = (cluster, tuple(node_from_json(n) for n in nodes))
+                    # A job with a restart request is the job of the DC whose database holds
+                    # the request, once resumed there; pending, it waits for that DC's look.
                     cur.execute(
                         "SELECT j.plan, j.shard, j.step FROM coopr_jobs j"
                         + owned.format(t="j")
-                        + " WHERE j.status = 'RUNNING' AND "
+                        + " LEFT JOIN restart_requests r ON r.job_id = j.id"
+                        + " WHERE j.status = 'RUNNING' AND CASE WHEN r.job_id IS NULL THEN "
                         + in_space.format(col="j.cluster_id")
+                        + " ELSE r.resumed_at IS NOT NULL AND %s END"
                         + " ORDER BY j.id LIMIT %s",
-                        (*space, _MAX_IN_FLIGHT),
+                        (*space, dc.name == self._config.dc, _MAX_IN_FLIGHT),
                     )
                     for plan, shard, step in cur.fetchall():
                         running[plan["job_id"]] = (plan_from_json(plan), shard, step)
@@ -357,8 +404,9 @@ class _Simulator:
     def _event(self, flight: _Flight, step: int) -> tuple[ShardEvent, Cluster, tuple[Node, ...]]:
         """The event of ``step`` and the cluster row it goes with (cluster, its nodes)."""
         plan = flight.plan
+        life = plan.job_id if plan.resumption is None else f"{plan.job_id}@{plan.resumption.epoch}"
         common: dict[str, Any] = {
-            "event_id": str(uuid.uuid5(_EVENT_NAMESPACE, f"{plan.job_id}/{step}")),
+            "event_id": str(uuid.uuid5(_EVENT_NAMESPACE, f"{life}/{step}")),
             "shard": flight.shard,
             # publish() stamps the owner DC, epoch and seq.
             "owner_dc": "",
@@ -383,26 +431,44 @@ class _Simulator:
     def _write_step(self, conn: psycopg2.extensions.connection, flight: _Flight) -> bool:
         """Commit ``flight``'s next step in ``conn``'s DC; False if it was already there.
 
-        Raises :class:`ClusterBusyError` when another job runs on the cluster, and whatever
-        :func:`publish` raises; the transaction is rolled back on any error.
+        A restarted job's first step here also sets its request's ``resumed_at``, and replaces
+        whatever row an earlier life of the job left in ``coopr_jobs``. Raises
+        :class:`ClusterBusyError` when another job runs on the cluster,
+        :class:`_TakenOverError` when the DC's restart request for the job (or its absence)
+        is not the flight's, and whatever :func:`publish` raises; the transaction is rolled
+        back on any error.
         """
         plan, step = flight.plan, flight.next_step
         event, cluster, nodes = self._event(flight, step)
         job = event.job
         tasks = event.tasks if isinstance(event, RestartCheckpoint) else ()
         with conn, conn.cursor() as cur:
-            # Locks the job's row so that two writers of one boundary queue, then see it.
-            cur.execute("SELECT step FROM coopr_jobs WHERE id = %s FOR UPDATE", (plan.job_id,))
+            # Locks the job's row and its restart request, so that two writers of one
+            # boundary queue, then see it.
+            cur.execute(
+                "SELECT j.step, r.epoch, r.resumed_at IS NOT NULL FROM (SELECT %s AS id) k"
+                " LEFT JOIN LATERAL (SELECT step FROM coopr_jobs"
+                " WHERE id = k.id FOR UPDATE) j ON true"
+                " LEFT JOIN LATERAL (SELECT epoch, resumed_at FROM restart_requests"
+                " WHERE job_id = k.id FOR UPDATE) r ON true",
+                (plan.job_id,),
+            )
             row = cur.fetchone()
-            if row is not None and row[0] >= step:
+            assert row is not None  # the FROM item is one row
+            applied, request_epoch, resumed = row
+            if request_epoch != (plan.resumption.epoch if plan.resumption else None):
+                raise _TakenOverError(plan.job_id)
+            first_here = plan.resumption is not None and not resumed
+            if applied is not None and applied >= step and not first_here:
                 return False
-            if step == 0 and plan.action is not ClusterAction.CLUSTER_CREATE:
+            if step == 0:
                 cur.execute(
                     "SELECT status, latest_job_id FROM coopr_clusters WHERE id = %s FOR UPDATE",
                     (plan.cluster.id,),
                 )
                 current = cur.fetchone()
-                if current is not None and current[0] == "PENDING":
+                # A create's cluster is new; a restarted job may find its own job running.
+                if current is not None and current[0] == "PENDING" and current[1] != job.id:
                     raise ClusterBusyError(plan.cluster.id, current[1])
             cur.execute(
                 "INSERT INTO coopr_clusters (id, shard, status, latest_job_id, body, nodes)"
@@ -421,11 +487,13 @@ class _Simulator:
             )
             body = json.dumps(job.to_record())
             tasks_json = json.dumps([t.to_record() for t in tasks])
-            if row is None:
+            if applied is None or first_here:
                 cur.execute(
                     "INSERT INTO coopr_jobs"
                     " (id, cluster_id, shard, action, status, step, body, tasks, plan)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                    # Only a restart's first write may find a row: one of the job's earlier life.
+                    + (_REPLACE_JOB if first_here else ""),
                     (
                         job.id,
                         job.cluster_id,
@@ -444,6 +512,11 @@ class _Simulator:
                     "UPDATE coopr_jobs SET status = %s, step = %s, body = %s, tasks = %s,"
                     " updated_at = now() WHERE id = %s",
                     (job.status.value, step, body, tasks_json, job.id),
+                )
+            if first_here:
+                cur.execute(
+                    "UPDATE restart_requests SET resumed_at = now() WHERE job_id = %s",
+                    (job.id,),
                 )
             publish(conn, event)
         return True
@@ -471,6 +544,9 @@ class _Simulator:
             except ClusterBusyError as exc:
                 self._log.info("job rejected", job=plan.job_id, reason=str(exc))
                 return _Outcome.REJECTED
+            except _TakenOverError:
+                self._log.warning("job taken over by a restart elsewhere", job=plan.job_id)
+                return _Outcome.TAKEN_OVER
             except (NotOwnerError, ShardNotWritableError) as exc:
                 # Ownership is moving: ask the database again before the next attempt.
                 if self._router is not None:
@@ -500,26 +576,142 @@ class _Simulator:
     def _tick(self, flight: _Flight) -> None:
         """Advance ``flight`` by one step and account for how that went."""
         outcome = self._advance(flight)
-        if outcome is _Outcome.INTERRUPTED or outcome is _Outcome.ADVANCED:
-            if outcome is _Outcome.ADVANCED and flight.next_step == 1:
+        plan = flight.plan
+        if flight.next_step == 1 and outcome in (_Outcome.ADVANCED, _Outcome.ENDED):
+            if plan.resumption is None:
                 self._counts.started += 1
+            else:
+                self._counts.restarts += 1
+                self._log.info(
+                    "restart resumed",
+                    job=plan.job_id,
+                    cluster=plan.cluster.id,
+                    shard=flight.shard,
+                    epoch=plan.resumption.epoch,
+                    stage=plan.resumption.stage,
+                    attempt=plan.resumption.round,
+                )
+        if outcome is _Outcome.INTERRUPTED or outcome is _Outcome.ADVANCED:
             return
         self._flights.remove(flight)
+        # A request still pending (its first write did not commit) is found again.
+        self._restart_jobs.discard(plan.job_id)
         match outcome:
             case _Outcome.ENDED:
-                cluster, job, nodes, deleted = completion_view(flight.plan)
+                cluster, job, nodes, deleted = completion_view(plan)
                 if job.status is JobStatus.FAILED:
                     self._counts.failed += 1
                 else:
                     self._counts.completed += 1
-                if not deleted:
+                # A restart may end a job of a cluster another DC's server created.
+                if not deleted and cluster.id.isdigit() and self._space.contains(int(cluster.id)):
                     self._idle[cluster.id] = (cluster, nodes)
-            case _Outcome.REJECTED:
+            case _Outcome.REJECTED if plan.resumption is None:
                 self._counts.rejected += 1
             case _Outcome.ABANDONED:
                 self._counts.abandoned += 1
+            case _Outcome.TAKEN_OVER:
+                self._counts.taken_over += 1
+
+    # --- restarts -----------------------------------------------------------------------
+
+    def _restarts_due(self, now: float) -> bool:
+        """Whether to look for restart requests now: :data:`_RESTART_POLL_S` has passed, or
+        ownership changed (a takeover commits its requests with the change it notifies)."""
+        if self._listener is not None:
+            try:
+                self._listener.poll()
+            except _RETRYABLE_DB:
+                self._listener.close()
+                self._listener = None
+            else:
+                if self._listener.notifies:
+                    self._listener.notifies.clear()
+                    return True
+        return now >= self._next_restart_look
+
+    def _listen(self) -> psycopg2.extensions.connection:
+        conn = connect(self._topology.dc(self._config.dc).database)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f"LISTEN {OWNERSHIP_CHANNEL}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _look_for_restarts(self, now: float) -> None:
+        """Plan this DC's pending restart requests of the shards it owns, oldest first, to run
+        as slots free; a request that cannot be planned is logged and left pending."""
+        self._next_restart_look = now + _RESTART_POLL_S
+        room = _MAX_IN_FLIGHT - len(self._restarts)
+        if room <= 0:
+            return
+        try:
+            # Listening before reading: a takeover committed after the read is notified.
+            if self._listener is None:
+                self._listener = self._listen()
+            conn = self._dbs.get(self._config.dc)
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    "SELECT r.job_id, r.epoch, r.checkpoint, c.body FROM restart_requests r"
+                    " JOIN shard_ownership o ON o.shard = r.shard"
+                    " JOIN local_dc l ON o.owner_dc = l.name"
+                    " LEFT JOIN coopr_clusters c ON c.id = r.cluster_id"
+                    " WHERE r.resumed_at IS NULL AND r.job_id <> ALL(%s::text[])"
+                    " ORDER BY r.requested_at, r.job_id LIMIT %s",
+                    (sorted(self._restart_jobs), room),
+                )
+                rows = cur.fetchall()
+        except _RETRYABLE_DB as exc:
+            self._log.warning("restart requests unreadable", error=str(exc).strip())
+            return
+        for job, epoch, payload, body in rows:
+            self._restart_jobs.add(job)
+            try:
+                checkpoint = decode(bytes(payload))
+                if not isinstance(checkpoint, RestartCheckpoint):
+                    raise ValueError(f"a {type(checkpoint).__name__}, not a RestartCheckpoint")
+                cluster = None if body is None else cluster_from_json(body)
+                plan = plan_restart(checkpoint, cluster, epoch)
+            except (CodecError, ValueError) as exc:
+                # Left pending for an operator to see; this run does not look at it again.
+                self._log.error("restart request not resumable", job=job, reason=str(exc))
+                continue
+            shard = shard_of(plan.cluster.id, self._topology.shard_count)
+            self._restarts.append(_Flight(plan, shard, json.dumps(plan_to_json(plan))))
+            self._log.info(
+                "restart request found",
+                job=job,
+                from_dc=checkpoint.owner_dc,
+                shard=shard,
+                epoch=epoch,
+                stage=checkpoint.job.current_stage,
+            )
 
     # --- the loop -----------------------------------------------------------------------
+
+    def _next_flight(self, target: int) -> _Flight | None:
+        """The flight to advance next: while fewer than ``target`` run, a waiting restart or
+        else a new job; otherwise one in flight, drawn from the seeded generator. None when a
+        new job's ID could not be allocated (after waiting :data:`_BACKOFF_MAX_S`)."""
+        if len(self._flights) >= target:
+            return self._flights[self._rng.randrange(len(self._flights))]
+        if self._restarts:
+            # A restarted job was in flight already, elsewhere: it goes before new work.
+            flight = self._restarts.popleft()
+        else:
+            try:
+                flight = self._new_flight()
+            except _RETRYABLE_DB as exc:
+                # This DC's own database hands out the IDs: wait for it like a retry.
+                self._log.warning("id allocation failed", error=str(exc).strip())
+                self._counts.retries += 1
+                self._stop.wait(_BACKOFF_MAX_S)
+                return None
+        self._flights.append(flight)
+        return flight
 
     def run(self) -> SimulationStats:
         config = self._config
@@ -548,22 +740,16 @@ class _Simulator:
             if drain is None and now >= deadline:
                 drain = list(self._flights)
                 drain_deadline = now + _DRAIN_LIMIT_S
+            if drain is None and self._restarts_due(now):
+                self._look_for_restarts(now)
             if drain is not None:
                 if not drain or now >= drain_deadline:
                     break
                 flight = drain.pop(0)
-            elif len(self._flights) < target:
-                try:
-                    flight = self._new_flight()
-                except _RETRYABLE_DB as exc:
-                    # This DC's own database hands out the IDs: wait for it like a retry.
-                    self._log.warning("id allocation failed", error=str(exc).strip())
-                    self._counts.retries += 1
-                    self._stop.wait(_BACKOFF_MAX_S)
-                    continue
-                self._flights.append(flight)
+            elif (chosen := self._next_flight(target)) is None:
+                continue
             else:
-                flight = self._flights[self._rng.randrange(len(self._flights))]
+                flight = chosen
             if self._stop.wait(max(0.0, next_at - time.monotonic())):
                 break
             self._tick(flight)
@@ -581,10 +767,12 @@ class _Simulator:
         return SimulationStats(
             jobs_started=c.started,
             jobs_resumed=c.resumed,
+            restarts_resumed=c.restarts,
             jobs_completed=c.completed,
             jobs_failed=c.failed,
             jobs_rejected=c.rejected,
             jobs_abandoned=c.abandoned,
+            jobs_taken_over=c.taken_over,
             events_published=c.events,
             retries=c.retries,
             writes_by_dc=dict(c.writes),
@@ -601,10 +789,13 @@ class _Simulator:
             target_per_s=self._config.rate,
             in_flight=len(self._flights),
             started=c.started,
+            restarts=c.restarts,
+            restarts_waiting=len(self._restarts),
             completed=c.completed,
             failed=c.failed,
             rejected=c.rejected,
             abandoned=c.abandoned,
+            taken_over=c.taken_over,
             retries=c.retries,
             **{f"writes_{dc}": n for dc, n in c.writes.items()},
         )

@@ -94,7 +94,7 @@ def completion_view(plan: JobPlan) -> tuple[Cluster, Job, tuple[Node, ...], bool
     A failed job's failing task is FAILED and the stages it never reached DROPPED. A deleted
     cluster has no nodes left.
     """
-    last = plan.steps[-1][0]
+    last = plan.last_stage
     statuses: dict[str, TaskStatus] = {}
     for j, stage in enumerate(plan.stages):
         for t in stage:
