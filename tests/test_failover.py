@@ -1,0 +1,254 @@
+"""A failover under load on the real stack (``failover_stack``: 3 DCs, two replicas per
+shard): controllers, relays, appliers and stand-in servers in every DC; the DC owning the
+most shards is killed. Its shards are owned at a new epoch by their first live replica within
+the failure timeout plus a few seconds, the jobs it had in flight are restarted there and
+complete, and every surviving replica of a moved shard ends equal, row by row, to its new
+owner. When the DC comes back it is demoted, and its orphans are exactly its outbox rows
+beyond the cuts.
+
+Ownership moves from test to test on this stack: the test reads who owns what first."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from pipeline.db import fetch_all
+from pipeline.stack.orchestrator import kill_dc, start_dc
+from tests.conftest import RunningStack
+from tests.workers import WorkerProcess
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+TIMEOUT_S = 6.0
+
+
+def rows(dsn: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    return fetch_all(dsn, sql, args)
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout_s, f"not within {timeout_s} s: {what}"
+        time.sleep(0.2)
+    return time.monotonic() - start
+
+
+def owners(stack: RunningStack, dc: str) -> dict[int, tuple[str, int, bool]]:
+    """Per shard as ``dc``'s database has it: owner, epoch, whether it accepts writes."""
+    return {
+        s: (o, e, ok)
+        for s, o, e, ok in rows(
+            stack.dc(dc).database,
+            "SELECT shard, owner_dc, epoch, writable AND lease_until > clock_timestamp()"
+            " FROM shard_ownership",
+        )
+    }
+
+
+def controller_args(dc: str) -> tuple[str, ...]:
+    return (
+        *("worker", "controller", "--dc", dc),
+        *("--interval", "0.5", "--failure-timeout", str(TIMEOUT_S)),
+    )
+
+
+@pytest.fixture
+def workers() -> Iterator[dict[str, list[WorkerProcess]]]:
+    started: dict[str, list[WorkerProcess]] = {}
+    yield started
+    for procs in started.values():
+        for w in procs:
+            if w.proc.poll() is None:
+                w.kill()
+
+
+def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_converge(  # noqa: C901 - one drill in order
+    failover_stack: RunningStack, workers: dict[str, list[WorkerProcess]]
+) -> None:
+    stack = failover_stack
+    dcs = [dc.name for dc in stack.topology.data_dcs]
+
+    def start(dc: str, *args: str) -> WorkerProcess:
+        workers.setdefault(dc, []).append(WorkerProcess(stack.topology_file, *args))
+        return workers[dc][-1]
+
+    for dc in dcs:
+        start(dc, *controller_args(dc))
+    for dc in dcs:
+        start(dc, "worker", "relay", "--dc", dc, "--poll-interval", "0.2")
+        start(dc, "worker", "applier", "--dc", dc)
+
+    def writable_everywhere() -> bool:
+        views = {dc: owners(stack, dc) for dc in dcs}
+        return all(views[o][s] == (o, e, True) for s, (o, e, _) in views[dcs[0]].items())
+
+    wait_until(writable_everywhere, 60, "every shard writable at its owner")
+    simulators = {
+        dc: start(dc, "simulate", "--dc", dc, "--rate", "15", "--duration", "600", "--seed", str(i))
+        for i, dc in enumerate(dcs)
+    }
+    time.sleep(8)
+
+    before = owners(stack, dcs[0])
+    counts = {dc: sum(1 for o, _, _ in before.values() if o == dc) for dc in dcs}
+    victim = max(sorted(counts), key=lambda dc: counts[dc])
+    survivors = [dc for dc in dcs if dc != victim]
+    moved = sorted(s for s, (o, _, _) in before.items() if o == victim)
+    in_flight = {
+        job
+        for (job,) in rows(
+            stack.dc(survivors[0]).database,
+            "SELECT job_id FROM replica_checkpoints WHERE NOT completed AND shard = ANY(%s)",
+            moved,
+        )
+    }
+
+    killed_at = time.monotonic()
+    for w in workers.pop(victim):
+        w.kill()
+    kill_dc(stack.run_dir, victim)
+    try:
+
+        def taken_over() -> bool:
+            views = {dc: owners(stack, dc) for dc in survivors}
+            for s in moved:
+                owner, epoch, _ = views[survivors[0]][s]
+                if owner == victim or views[owner][s] != (owner, epoch, True):
+                    return False
+                if any(views[dc][s][:2] != (owner, epoch) for dc in survivors):
+                    return False
+            return True
+
+        wait_until(taken_over, TIMEOUT_S + 15, f"the shards of {victim} taken over")
+        took = time.monotonic() - killed_at
+        after = owners(stack, survivors[0])
+
+        # Every job in flight in the moved shards is restarted at the new owner and ends.
+        requested = {
+            job: (dc, resumed)
+            for dc in survivors
+            for job, resumed in rows(
+                stack.dc(dc).database,
+                "SELECT r.job_id, r.resumed_at IS NOT NULL FROM restart_requests r"
+                " JOIN shard_ownership o ON o.shard = r.shard AND o.epoch = r.epoch"
+                " WHERE r.shard = ANY(%s)",
+                moved,
+            )
+        }
+        assert in_flight <= set(requested), f"no restart requested: {in_flight - set(requested)}"
+
+        def restarted_jobs_done() -> bool:
+            for dc in survivors:
+                running = rows(
+                    stack.dc(dc).database,
+                    "SELECT r.job_id FROM restart_requests r"
+                    " JOIN shard_ownership o ON o.shard = r.shard AND o.epoch = r.epoch"
+                    " LEFT JOIN coopr_jobs j ON j.id = r.job_id WHERE r.shard = ANY(%s)"
+                    " AND (r.resumed_at IS NULL OR j.status = 'RUNNING')",
+                    moved,
+                )
+                if running:
+                    return False
+            return True
+
+        wait_until(restarted_jobs_done, 90, "the restarted jobs complete at their new owners")
+
+        # Load stops; replication settles; every survivor replica equals the new owner.
+        for dc in survivors:
+            assert simulators[dc].terminate(120) == 0, simulators[dc].output()[-2000:]
+
+        def converged() -> list[str]:
+            diffs = []
+            for s in moved:
+                owner = after[s][0]
+                live = {
+                    r[0]: r[1:]
+                    for r in rows(
+                        stack.dc(owner).database,
+                        "SELECT id, status, latest_job_id, body, nodes FROM coopr_clusters"
+                        " WHERE shard = %s AND status <> 'PENDING'",
+                        s,
+                    )
+                }
+                for replica in (dc for dc in survivors if dc != owner):
+                    copies = {
+                        r[0]: r[1:]
+                        for r in rows(
+                            stack.dc(replica).database,
+                            "SELECT cluster_id, status, latest_job_id, body, nodes"
+                            " FROM replica_clusters WHERE shard = %s",
+                            s,
+                        )
+                    }
+                    diffs += [
+                        f"{replica}: shard {s} cluster {c}"
+                        for c, row in live.items()
+                        if copies.get(c) != row
+                    ]
+            return diffs
+
+        deadline = time.monotonic() + 90
+        while (diffs := converged()) and time.monotonic() < deadline:
+            time.sleep(1)
+        assert not diffs, f"replicas differ from their new owner: {diffs[:5]}"
+        print(
+            f"{len(moved)} shards of {victim} taken over {took:.1f} s after the kill;"
+            f" {len(requested)} jobs restarted and completed"
+        )
+    finally:
+        start_dc(stack.run_dir, victim)
+
+    # The victim comes back: demoted; its orphans are its rows beyond the cuts.
+    workers[victim] = [WorkerProcess(stack.topology_file, *controller_args(victim))]
+    wait_until(
+        lambda: all(owners(stack, victim)[s] == (after[s][0], after[s][1], False) for s in moved),
+        60,
+        f"{victim} demoted",
+    )
+    cuts = {
+        s: cut
+        for s, cut in rows(
+            stack.dc(survivors[0]).database,
+            "SELECT shard, cut FROM ownership_claims c WHERE shard = ANY(%s)"
+            " AND epoch = (SELECT max(epoch) FROM ownership_claims k WHERE k.shard = c.shard)",
+            moved,
+        )
+    }
+    beyond = {
+        (s, e, q)
+        for s, e, q in rows(
+            stack.dc(victim).database,
+            "SELECT shard, epoch, seq FROM outbox WHERE shard = ANY(%s)",
+            moved,
+        )
+        if e == before[s][1] and q > cuts[s]
+    }
+    listed = subprocess.run(
+        [
+            *(sys.executable, "-m", "cli", "ownership", "orphans", "--dc", victim),
+            *("--format", "json", "--topology", str(stack.topology_file)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    orphans = {
+        (o["shard"], o["epoch"], o["seq"])
+        for o in map(json.loads, listed.stdout.splitlines())
+        if o["shard"] in moved
+    }
+    assert orphans == beyond
+    print(f"{len(orphans)} orphans listed")
+    for procs in workers.values():
+        for w in procs:
+            if w.proc.poll() is None:
+                assert w.terminate() == 0, w.output()[-2000:]
