@@ -184,3 +184,182 @@ def ownership_orphans(dc: str | None, topology_file: Path, fmt: str) -> None:
             ],
         )
     )
+
+
+def _owner_view(site: DataCenter) -> dict[int, tuple[str, int, bool]]:
+    """Per shard, as ``site``'s database has it: owner, epoch, accepting writes."""
+    from pipeline.db import fetch_all
+
+    return {
+        s: (owner, epoch, ok)
+        for s, owner, epoch, ok in fetch_all(
+            site.database,
+            "SELECT shard, owner_dc, epoch, writable AND lease_until > clock_timestamp()"
+            " FROM shard_ownership",
+        )
+    }
+
+
+def _request(
+    site: DataCenter, kind: str, from_dc: str, shard: int | None, to_dc: str | None
+) -> int:
+    from pipeline.db import fetch_all
+
+    rows = fetch_all(
+        site.database,
+        "INSERT INTO ownership_requests (kind, shard, from_dc, to_dc) VALUES (%s, %s, %s, %s)"
+        " RETURNING id",
+        (kind, shard, from_dc, to_dc),
+    )
+    return int(rows[0][0])
+
+
+def _outcome(site: DataCenter, request: int) -> str | None:
+    from pipeline.db import fetch_all
+
+    rows = fetch_all(
+        site.database, "SELECT outcome FROM ownership_requests WHERE id = %s", (request,)
+    )
+    return rows[0][0] if rows else None
+
+
+def _wait_for_owners(
+    topology: Topology,
+    wanted: dict[int, str],
+    requests: list[tuple[DataCenter, int]],
+    timeout_s: float,
+) -> float:
+    """Wait until each shard of ``wanted`` is writable at its new owner, as that owner's
+    database says; seconds taken. A refused request, or the timeout, is an error."""
+    import time
+
+    from pipeline.errors import PipelineError, UnreachableError
+
+    start = time.monotonic()
+    while True:
+        pending = dict(wanted)
+        for owner in sorted(set(wanted.values())):
+            try:
+                view = _owner_view(topology.dc(owner))
+            except UnreachableError:
+                continue
+            for shard, target in wanted.items():
+                if target == owner and view[shard][0] == owner and view[shard][2]:
+                    pending.pop(shard, None)
+        if not pending:
+            return time.monotonic() - start
+        refused = [
+            f"{site.name}: {outcome}"
+            for site, request in requests
+            if (outcome := _outcome(site, request)) is not None and outcome.startswith("refused")
+        ]
+        if refused and len(refused) == len(requests):
+            raise PipelineError("; ".join(refused))
+        if time.monotonic() - start > timeout_s:
+            raise PipelineError(
+                f"not done within {timeout_s:g} s: shards {sorted(pending)} are not writable"
+                " at their new owners yet (see `ownership show`)"
+            )
+        time.sleep(0.1)
+
+
+_TIMEOUT = click.option(
+    "--timeout",
+    type=click.FloatRange(1, 3600),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the shards to be writable at their new owners.",
+)
+
+
+@ownership.command("move")
+@click.option("--shard", type=click.IntRange(0), default=None, help="The shard to move.")
+@click.option("--to", "to_dc", default=None, help="The DC to move it to (one of its replicas).")
+@click.option(
+    "--all-from",
+    "all_from",
+    default=None,
+    help="Move every shard this DC owns, each to its first replica.",
+)
+@topology_option
+@_TIMEOUT
+def ownership_move(
+    shard: int | None, to_dc: str | None, all_from: str | None, topology_file: Path, timeout: float
+) -> None:
+    """Hand shards over without losing an event: the owner goes read-only, its relay
+    flushes, the target applies up to the last event and takes over (docs/ownership.md)."""
+    from controller.protocol import claimant
+
+    topology = load_topology(topology_file)
+    if (shard is None) == (all_from is None) or (shard is not None and to_dc is None):
+        raise click.UsageError("give --shard S --to DC, or --all-from DC")
+    site, conn = _answering(topology, None)
+    conn.close()
+    view = _owner_view(site)
+    if all_from is not None:
+        topology.dc(all_from)
+        moves = {
+            s: target
+            for s, (owner, _, _) in sorted(view.items())
+            if owner == all_from and (target := claimant(topology, s, all_from, ())) is not None
+        }
+        if not moves:
+            click.echo(f"{all_from} owns no shard, as {site.name} sees it")
+            return
+    else:
+        assert shard is not None and to_dc is not None
+        if shard not in view:
+            raise click.UsageError(f"no shard {shard}: the topology has 0..{len(view) - 1}")
+        topology.dc(to_dc)
+        moves = {shard: to_dc}
+    requests = []
+    for s, target in moves.items():
+        owner = topology.dc(view[s][0])
+        requests.append((owner, _request(owner, "move", owner.name, s, target)))
+    took = _wait_for_owners(topology, moves, requests, timeout)
+    for s, target in moves.items():
+        click.echo(f"shard {s}: {view[s][0]} -> {target}")
+    click.echo(f"moved {len(moves)} shards in {took:.2f} s")
+
+
+@ownership.command("failover")
+@click.option("--from", "from_dc", required=True, help="The DC whose shards to take over.")
+@click.option("--yes", is_flag=True, help="Confirm: the operator decides that DC is gone.")
+@topology_option
+@_TIMEOUT
+def ownership_failover(from_dc: str, yes: bool, topology_file: Path, timeout: float) -> None:
+    """The operator's failover away from a DC where no majority can decide without it (two data
+    DCs, no witness). Refused without --yes, and by the controllers while a majority of DCs
+    still hears that DC. Events it had not replicated become orphans."""
+    from controller.protocol import claimant
+    from pipeline.errors import UnreachableError
+
+    topology = load_topology(topology_file)
+    topology.dc(from_dc)
+    if not yes:
+        raise click.UsageError(
+            f"failing over away from {from_dc} makes its unreplicated events orphans:"
+            " add --yes to confirm"
+        )
+    others = [dc for dc in topology.data_dcs if dc.name != from_dc]
+    answering = []
+    for site in others:
+        try:
+            answering.append((site, _owner_view(site)))
+        except UnreachableError as e:
+            click.echo(f"{site.name}: not asked: {e}", err=True)
+    if not answering:
+        raise UnreachableError("no other DC's database answers")
+    moves = {
+        s: target
+        for s, (owner, _, _) in sorted(answering[0][1].items())
+        if owner == from_dc and (target := claimant(topology, s, from_dc, ())) is not None
+    }
+    if not moves:
+        click.echo(f"{from_dc} owns no shard, as {answering[0][0].name} sees it")
+        return
+    requests = [(site, _request(site, "failover", from_dc, None, None)) for site, _ in answering]
+    took = _wait_for_owners(topology, moves, requests, timeout)
+    for s, target in moves.items():
+        click.echo(f"shard {s}: {from_dc} -> {target}")
+    click.echo(f"failed over {len(moves)} shards in {took:.2f} s")

@@ -8,6 +8,7 @@ import enum
 from dataclasses import dataclass, field
 
 from controller.protocol import Promise
+from pipeline.events import OwnershipChangeReason
 from pipeline.ownership import Claim
 
 __all__ = ["Claiming", "Phase", "PromiseBook", "drained"]
@@ -34,6 +35,8 @@ class Claiming:
     at_end_since: float | None = None
     claim: Claim | None = None
     claimed_at: float = 0.0
+    #: ``MANUAL``: the operator's decision, taken over L after the claim without a majority.
+    reason: OwnershipChangeReason = OwnershipChangeReason.FAILOVER
 
 
 def drained(claiming: Claiming, applied: int, end: int, now: float, settle_s: float) -> bool:

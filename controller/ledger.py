@@ -18,7 +18,7 @@ from psycopg2.extras import execute_values
 from controller.protocol import Promise
 from pipeline.ownership import Claim, ShardOwner, read_claims, read_ownership, record_claim
 
-__all__ = ["CONTROLLER_LOCK", "DbClock", "Ledger", "Takeover"]
+__all__ = ["CONTROLLER_LOCK", "DbClock", "Ledger", "Request", "Takeover"]
 
 #: Advisory lock key that makes one controller per DC the active one (the relay's is 1).
 CONTROLLER_LOCK = 0x636F6F7072_02
@@ -45,6 +45,19 @@ class Takeover:
 
     clusters: int
     restarts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An operator's request in ``ownership_requests``: a ``move`` of ``shard`` to ``to_dc``,
+    or a manual ``failover`` away from ``from_dc``. ``started``: the controller acted on it."""
+
+    id: int
+    kind: str
+    shard: int | None
+    from_dc: str
+    to_dc: str | None
+    started: bool
 
 
 class Ledger:
@@ -147,13 +160,17 @@ class Ledger:
         with self._conn, self._conn.cursor() as cur:
             added = record_claim(cur, claim)
             if claim.to_dc != self.dc:
-                cur.execute(
-                    "UPDATE shard_ownership SET owner_dc = %s, epoch = %s, last_seq = 0,"
-                    " writable = false, lease_until = LEAST(lease_until, clock_timestamp()),"
-                    " updated_at = now() WHERE shard = %s AND epoch < %s",
-                    (claim.to_dc, claim.epoch, claim.shard, claim.epoch),
-                )
+                self._redirect(cur, claim)
             return added
+
+    @staticmethod
+    def _redirect(cur: psycopg2.extensions.cursor, claim: Claim) -> None:
+        cur.execute(
+            "UPDATE shard_ownership SET owner_dc = %s, epoch = %s, last_seq = 0,"
+            " writable = false, lease_until = LEAST(lease_until, clock_timestamp()),"
+            " updated_at = now() WHERE shard = %s AND epoch < %s",
+            (claim.to_dc, claim.epoch, claim.shard, claim.epoch),
+        )
 
     def applied_position(self, shard: int) -> tuple[int, int] | None:
         """The (epoch, last seq) this DC's applier reached in ``shard``, if any."""
@@ -173,8 +190,10 @@ class Ledger:
         return None if row is None else int(row[0])
 
     def claim(self, claims: Sequence[tuple[Claim, bool]]) -> None:
-        """Commit this DC's own claims, each with whether it had heard the old owner: its
-        promise of each claim's epoch and the claim itself, before the claims are published."""
+        """Commit claims this DC publishes, each with whether it had heard the old owner: its
+        promise of each claim's epoch and the claim itself, before the claims are published.
+        A claim made on another DC's behalf (a planned move away from this DC) also hands the
+        shard over here, as :meth:`see_claim` would, ending this DC's lease on it."""
         with self._conn, self._conn.cursor() as cur:
             for claim, heard_owner in claims:
                 cur.execute(
@@ -185,6 +204,8 @@ class Ledger:
                     (claim.shard, claim.epoch, heard_owner),
                 )
                 record_claim(cur, claim)
+                if claim.to_dc != self.dc:
+                    self._redirect(cur, claim)
 
     def take_over(self, claim: Claim, lease_until: datetime | None) -> Takeover:
         """The takeover of ``claim.shard`` by this DC, in one transaction (``docs/ownership.md``,
@@ -222,3 +243,46 @@ class Ledger:
                 (claim.epoch, claim.shard),
             )
             return Takeover(clusters, int(cur.rowcount))
+
+    def open_requests(self) -> list[Request]:
+        """Requests not done yet, oldest first."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT id, kind, shard, from_dc, to_dc, started_at IS NOT NULL"
+                " FROM ownership_requests WHERE done_at IS NULL ORDER BY id"
+            )
+            return [Request(*row) for row in cur.fetchall()]
+
+    def start_request(self, request: Request) -> None:
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "UPDATE ownership_requests SET started_at = now() WHERE id = %s", (request.id,)
+            )
+
+    def finish_request(self, request: Request, outcome: str) -> None:
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "UPDATE ownership_requests SET done_at = now(), outcome = %s WHERE id = %s",
+                (outcome, request.id),
+            )
+
+    def set_writable(self, shard: int, writable: bool) -> bool:
+        """Make a shard this DC owns read-only, or writable again; False if it owns it not."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "UPDATE shard_ownership SET writable = %s, updated_at = now()"
+                " WHERE shard = %s AND owner_dc = %s",
+                (writable, shard, self.dc),
+            )
+            return bool(cur.rowcount)
+
+    def unpublished(self, shard: int, epoch: int) -> int:
+        """Outbox rows of ``shard`` at ``epoch`` the relay has not published yet."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM outbox"
+                " WHERE shard = %s AND epoch = %s AND published_at IS NULL",
+                (shard, epoch),
+            )
+            row = cur.fetchone()
+        return int(row[0]) if row else 0

@@ -47,9 +47,16 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Gauge
 
 from controller.claims import Claiming, Phase, PromiseBook, drained
-from controller.ledger import Ledger
+from controller.ledger import Ledger, Request
 from controller.liveness import Liveness
-from controller.protocol import Promise, claimant, lease_end, next_epoch, owner_ready_at
+from controller.protocol import (
+    Promise,
+    claimant,
+    lease_end,
+    majority,
+    next_epoch,
+    owner_ready_at,
+)
 from pipeline.admin import end_offsets
 from pipeline.codec import decode, encode
 from pipeline.db import connect
@@ -92,6 +99,8 @@ FAILOVER_S = Gauge(
     ["dc"],
 )
 
+#: Longest wait, in seconds, for the relay to publish a shard being moved away.
+_MOVE_FLUSH_S = 30.0
 #: How often leases are renewed at most, in seconds: each renewal is two short statements.
 _RENEW_EVERY_S = 0.2
 
@@ -148,6 +157,8 @@ class Controller(Closeable):
         self._leased_dcs: set[str] = set()
         self._renewed_at = 0.0
         self._started_at = 0.0
+        #: Moves in progress: request ID -> when this controller started on it.
+        self._moves: dict[int, float] = {}
 
     def close(self) -> None:
         self._consumer.close()
@@ -164,6 +175,8 @@ class Controller(Closeable):
             "dc": self.config.dc,
             "controller_id": self.liveness.controller_id,
             "active": self.active,
+            # Within one failure timeout of its start a controller counts every DC as heard.
+            "starting": now - self.liveness.started_at < self.config.failure_timeout_s,
             "heard": sorted(self.liveness.heard(now)),
             "suspected": sorted(self.liveness.suspected(now)),
             "fenced": fenced,
@@ -338,7 +351,12 @@ class Controller(Closeable):
                         self._promise(p.shard, p.epoch, now)
                 self._renew(now)
         elif isinstance(event, OwnershipChange):
-            self._see_claim(Claim.of(event), now)
+            claim = Claim.of(event)
+            # A DC commits its promise of a claim's epoch before it publishes the claim.
+            topic = msg.topic() or ""
+            publisher = self.config.dc if topic == OWNERSHIP_TOPIC else topic.split(".", 1)[0]
+            self._book.note(publisher, claim.shard, Promise(claim.epoch, True), now)
+            self._see_claim(claim, now)
 
     def _observe(self, now: float, was_fenced: bool) -> bool:
         heard = self.liveness.heard(now)
@@ -442,6 +460,11 @@ class Controller(Closeable):
                 "owner suspected by a majority: claiming", shard=shard, owner=owner.owner_dc
             )
         self._resume_claims(now)
+        for request in self._ledger.open_requests():
+            if request.kind == "move":
+                self._move(request, now)
+            else:
+                self._manual_failover(request, now, suspected)
         draining = [c for c in self._claiming.values() if c.phase is Phase.DRAINING]
         drained_now = self._drained(draining, now) if draining else []
         if drained_now:
@@ -449,6 +472,114 @@ class Controller(Closeable):
         for claiming in list(self._claiming.values()):
             if claiming.phase is Phase.PROMISING:
                 self._await_promises(claiming, now)
+
+    def _move(self, request: Request, now: float) -> None:
+        """A planned move of a shard this DC owns (``docs/ownership.md``, "Planned
+        handover"): read-only, the relay flushes, then the claim on the target's behalf."""
+        shard, target = request.shard, request.to_dc
+        assert shard is not None and target is not None
+        owner = self._owners.get(shard)
+        if not request.started:
+            refusal = self._move_refusal(shard, target, owner, now)
+            if refusal is not None:
+                self._ledger.finish_request(request, f"refused: {refusal}")
+                self._log.warning("move refused", shard=shard, to_dc=target, reason=refusal)
+                return
+            self._ledger.set_writable(shard, False)
+            self._ledger.start_request(request)
+            self._log.info("moving", shard=shard, to_dc=target)
+        elif owner is None or owner.owner_dc != self.config.dc:
+            # Started by a predecessor of this controller, which was stopped after the claim.
+            moved = owner is not None and owner.owner_dc == target
+            self._ledger.finish_request(request, "done" if moved else "refused: ownership moved")
+            return
+        started = self._moves.setdefault(request.id, now)
+        assert owner is not None
+        if self._ledger.unpublished(shard, owner.epoch):
+            if now - started > _MOVE_FLUSH_S:
+                self._ledger.set_writable(shard, True)
+                self._ledger.finish_request(
+                    request,
+                    f"refused: the relay did not publish shard {shard} in {_MOVE_FLUSH_S:g} s",
+                )
+                del self._moves[request.id]
+            return
+        last_seq = self._ledger.last_seqs()[shard]
+        claim = Claim(
+            shard=shard,
+            epoch=next_epoch(
+                [owner.epoch, self._promised(shard), self._book.highest(shard)],
+                self.config.dcs.index(target),
+            ),
+            from_dc=self.config.dc,
+            from_epoch=owner.epoch,
+            to_dc=target,
+            cut=last_seq,
+            reason=OwnershipChangeReason.PLANNED_HANDOVER,
+            event_id=str(uuid.uuid4()),
+            claimed_at=datetime.now(UTC),
+        )
+        self._ledger.claim([(claim, True)])
+        self._publish_claims([claim])
+        self._ledger.finish_request(request, "done")
+        del self._moves[request.id]
+        self._reload()
+        self._log.warning(
+            "handed over",
+            shard=shard,
+            to_dc=target,
+            epoch=claim.epoch,
+            cut=last_seq,
+            read_only_s=round(time.monotonic() - started, 3),
+        )
+
+    def _move_refusal(
+        self, shard: int, target: str, owner: ShardOwner | None, now: float
+    ) -> str | None:
+        if owner is None or owner.owner_dc != self.config.dc:
+            return f"{self.config.dc} does not own shard {shard}"
+        if target not in self.config.topology.dc_set(shard) or target == self.config.dc:
+            sets = ", ".join(d for d in self.config.topology.dc_set(shard) if d != self.config.dc)
+            return f"{target} holds no replica of shard {shard} (its replicas: {sets})"
+        if target in self.liveness.suspected(now):
+            return f"{target} is suspected"
+        if not (owner.writable and owner.leased):
+            return f"shard {shard} is not writable here"
+        return None
+
+    def _manual_failover(self, request: Request, now: float, suspected: frozenset[str]) -> None:
+        """The operator's failover away from ``request.from_dc``: claim every shard of it this
+        DC is the claimant of, unless a majority still hears it."""
+        gone = request.from_dc
+        views = self.liveness.views()
+        fresh = self.liveness.heard(now)
+        heard_by = {self.config.dc, gone} if gone in fresh else set()
+        heard_by |= {d for d in fresh if d in views and d != gone and gone in views[d].hears}
+        if gone == self.config.dc:
+            outcome = "refused: a DC cannot fail over away from itself"
+        elif len(heard_by) >= majority(len(self.config.dcs)):
+            outcome = f"refused: {gone} is still heard by {', '.join(sorted(heard_by))}"
+        else:
+            shards = [
+                o
+                for o in self._owners.values()
+                if o.owner_dc == gone
+                and o.shard not in self._claiming
+                and claimant(self.config.topology, o.shard, gone, suspected | {gone})
+                == self.config.dc
+            ]
+            for o in shards:
+                self._claiming[o.shard] = Claiming(
+                    o.shard,
+                    gone,
+                    o.epoch,
+                    started_at=now,
+                    drain_until=now + self.config.drain_timeout_s,
+                    reason=OwnershipChangeReason.MANUAL,
+                )
+            outcome = f"done: claiming {len(shards)} shards"
+        self._ledger.finish_request(request, outcome)
+        self._log.warning("manual failover", from_dc=gone, outcome=outcome)
 
     def _resume_claims(self, now: float) -> None:
         """See through this DC's own claims that no claim in progress here stands for: ones
@@ -474,6 +605,15 @@ class Controller(Closeable):
                 )
                 self._book.note(self.config.dc, shard, self._promises[shard], now)
                 self._log.info("resuming claim", shard=shard, epoch=claim.epoch)
+
+    def _reached(self, claim: Claim) -> bool:
+        """Whether this DC's applier has applied ``claim``'s from-epoch up to its cut (a claim
+        made here on this DC's own position always has; one made for it by the old owner, in a
+        planned move, once the last events arrived)."""
+        if claim.cut == 0:
+            return True
+        position = self._ledger.applied_position(claim.shard)
+        return position is not None and position >= (claim.from_epoch, claim.cut)
 
     def _claimable(self, owner: ShardOwner, suspected: frozenset[str], now: float) -> bool:
         """Whether this DC claims ``owner.shard`` now. Never from a DC that has not run a
@@ -531,17 +671,15 @@ class Controller(Closeable):
                 from_epoch=claiming.from_epoch,
                 to_dc=self.config.dc,
                 cut=cut,
-                reason=OwnershipChangeReason.FAILOVER,
+                reason=claiming.reason,
                 event_id=str(uuid.uuid4()),
                 claimed_at=datetime.now(UTC),
             )
             made.append((claim, claiming.from_dc in heard))
             claiming.claim, claiming.claimed_at, claiming.phase = claim, now, Phase.PROMISING
         self._ledger.claim(made)
+        self._publish_claims([claim for claim, _ in made])
         for claim, heard_owner in made:
-            self._producer.produce(
-                OWNERSHIP_TOPIC, key=str(claim.shard).encode(), value=encode(claim.event())
-            )
             self._book.note(self.config.dc, claim.shard, Promise(claim.epoch, heard_owner), now)
             CLAIMS.labels(**self._labels).inc()
             self._log.warning(
@@ -553,8 +691,17 @@ class Controller(Closeable):
                 cut=claim.cut,
                 drained_s=round(now - self._claiming[claim.shard].started_at, 3),
             )
-        self._producer.flush(self.config.interval_s)
         self._reload()
+
+    def _publish_claims(self, claims: list[Claim]) -> None:
+        """Publish committed claims to the local ``coopr.ownership``; waits for them at most
+        one interval (a claim not delivered is published again by nobody: it stays committed,
+        and is seen through as this DC's word)."""
+        for claim in claims:
+            self._producer.produce(
+                OWNERSHIP_TOPIC, key=str(claim.shard).encode(), value=encode(claim.event())
+            )
+        self._producer.flush(self.config.interval_s)
 
     def _await_promises(self, claiming: Claiming, now: float) -> None:
         claim = claiming.claim
@@ -563,14 +710,18 @@ class Controller(Closeable):
             self._log.warning("claim given up: a higher epoch was promised", shard=claim.shard)
             del self._claiming[claim.shard]
             return
-        ready = owner_ready_at(
-            claim.epoch,
-            claim.from_dc,
-            self._book.of(claim.shard, claim.epoch),
-            len(self.config.dcs),
-            self.config.lease_s,
-        )
-        if ready is None or now < ready:
+        if claiming.reason is OwnershipChangeReason.MANUAL:
+            # The operator's decision stands for the majority; the wait ends the old lease.
+            ready: float | None = claiming.claimed_at + self.config.lease_s
+        else:
+            ready = owner_ready_at(
+                claim.epoch,
+                claim.from_dc,
+                self._book.of(claim.shard, claim.epoch),
+                len(self.config.dcs),
+                self.config.lease_s,
+            )
+        if ready is None or now < ready or not self._reached(claim):
             return
         end = lease_end(
             claim.shard,

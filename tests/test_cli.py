@@ -71,3 +71,14 @@ def test_percentile_interpolates_like_postgres_percentile_cont() -> None:
     assert math.isnan(percentile([], 0.5))
     with pytest.raises(ValueError):
         percentile(values, 1.5)
+
+
+def test_a_manual_failover_is_refused_without_yes_before_anything_is_asked() -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(
+        main,
+        ["ownership", "failover", "--from", "dc2", "--topology", "deploy/topology.local.toml"],
+    )
+    assert result.exit_code == 2
+    assert "add --yes to confirm" in result.output

@@ -87,6 +87,8 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
 def hears_all(controllers: dict[str, WorkerProcess]) -> bool:
     for dc, worker in controllers.items():
         health = worker.health() or {}
+        if health.get("starting", True):
+            return False  # a controller that just started counts every DC as heard
         if sorted(health.get("heard", [])) != sorted(d for d in controllers if d != dc):
             return False
     return True
@@ -197,5 +199,128 @@ def test_a_killed_dc_loses_its_shards_to_their_first_live_replica_and_is_demoted
 
     wait_until(demoted, 60, f"{victim} demoted for the shards it lost")
     wait_until(lambda: hears_all(controllers), 60, "all hear all again")
+    for worker in controllers.values():
+        assert worker.terminate() == 0, worker.output()[-2000:]
+
+
+def test_a_planned_move_under_load_loses_nothing_and_every_replica_follows_the_cut(
+    stack: RunningStack, controllers: dict[str, WorkerProcess]
+) -> None:
+    wait_until(lambda: hears_all(controllers), 60, "every controller hears every other")
+    wait_until(lambda: writable_everywhere(stack), 30, "every shard writable at its owner")
+    dcs = sorted(controllers)
+    others: list[WorkerProcess] = []
+    try:
+        for dc in dcs:
+            others.append(WorkerProcess(stack.topology_file, "worker", "relay", "--dc", dc))
+            others.append(WorkerProcess(stack.topology_file, "worker", "applier", "--dc", dc))
+        simulators = [
+            WorkerProcess(
+                stack.topology_file, "simulate", "--dc", dc, "--rate", "20", "--duration", "12"
+            )
+            for dc in dcs
+        ]
+        others += simulators
+        time.sleep(4)
+        view = ownership(stack, dcs[0])
+        shard = min(view)
+        source, from_epoch, _ = view[shard]
+        target = next(d for d in stack.topology.dc_set(shard) if d != source)
+        third = next(d for d in dcs if d not in (source, target))
+        moved = subprocess.run(
+            [
+                *(sys.executable, "-m", "cli", "ownership", "move"),
+                *("--shard", str(shard), "--to", target, "--topology", str(stack.topology_file)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        assert moved.returncode == 0, moved.stderr
+        print(moved.stdout.strip().splitlines()[-1])
+        for sim in simulators:
+            assert sim.proc.wait(120) == 0, sim.output()[-2000:]
+        new_epoch = ownership(stack, target)[shard][1]
+        ((cut, reason),) = fetch_all(
+            stack.dc(target).database,
+            "SELECT cut, reason FROM ownership_claims WHERE shard = %s AND epoch = %s",
+            (shard, new_epoch),
+        )
+        assert reason == "PLANNED_HANDOVER"
+        # Zero events lost: the cut is the last event the old owner ever wrote at its epoch.
+        ((last,),) = fetch_all(
+            stack.dc(source).database,
+            "SELECT COALESCE(max(seq), 0) FROM outbox WHERE shard = %s AND epoch = %s",
+            (shard, from_epoch),
+        )
+        assert cut == last
+
+        def followed() -> bool:
+            ((owner_last,),) = fetch_all(
+                stack.dc(target).database,
+                "SELECT last_seq FROM shard_ownership WHERE shard = %s",
+                (shard,),
+            )
+            state = fetch_all(
+                stack.dc(third).database,
+                "SELECT epoch, last_seq FROM replication_state WHERE shard = %s",
+                (shard,),
+            )
+            return state == [(new_epoch, owner_last)]
+
+        wait_until(followed, 60, f"{third} applies {target}'s events of shard {shard}")
+        # Contiguous across the epoch change: no gap and nothing fenced at the other replica.
+        gaps = fetch_all(
+            stack.dc(third).database,
+            "SELECT epoch, after_seq, before_seq FROM replication_gaps"
+            " WHERE shard = %s AND epoch IN (%s, %s)",
+            (shard, from_epoch, new_epoch),
+        )
+        assert gaps == []
+        live = dict(
+            fetch_all(
+                stack.dc(target).database,
+                "SELECT id, body FROM coopr_clusters WHERE shard = %s AND status <> 'PENDING'",
+                (shard,),
+            )
+        )
+        copies = dict(
+            fetch_all(
+                stack.dc(third).database,
+                "SELECT cluster_id, body FROM replica_clusters WHERE shard = %s",
+                (shard,),
+            )
+        )
+        assert {c: copies.get(c) for c in live} == live
+    finally:
+        for w in others:
+            if w.proc.poll() is None:
+                w.kill()
+    for worker in controllers.values():
+        assert worker.terminate() == 0, worker.output()[-2000:]
+
+
+def test_a_manual_failover_is_refused_while_a_majority_hears_the_dc(
+    stack: RunningStack, controllers: dict[str, WorkerProcess]
+) -> None:
+    wait_until(lambda: hears_all(controllers), 60, "every controller hears every other")
+    before = {dc: ownership(stack, dc) for dc in controllers}
+    owning = sorted({owner for owner, _, _ in before["dc1"].values()})[0]
+    refused = subprocess.run(
+        [
+            *(sys.executable, "-m", "cli", "ownership", "failover", "--from", owning, "--yes"),
+            *("--topology", str(stack.topology_file), "--timeout", "20"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1, refused.stdout
+    assert f"refused: {owning} is still heard by" in refused.stderr
+    assert {dc: ownership(stack, dc) for dc in controllers}.keys() == before.keys()
+    assert all(
+        {s: v[:2] for s, v in ownership(stack, dc).items()} == {s: v[:2] for s, v in b.items()}
+        for dc, b in before.items()
+    )
     for worker in controllers.values():
         assert worker.terminate() == 0, worker.output()[-2000:]
