@@ -25,6 +25,12 @@ is found by halving the batch, dead-lettered with the database's message, and th
 applied. A rebalance between batches re-reads at most the uncommitted batch, which the
 ``(epoch, seq)`` guard makes harmless. SIGTERM finishes the batch in flight and returns;
 :meth:`Applier.close` (or leaving its ``with`` block) leaves the group.
+
+An event of a newer epoch whose claim this DC has not seen yet waits (``docs/ownership.md``,
+"Replicas and the cut"): the batch's transaction applies nothing of its partition from that
+event on and stores the partition's offset at that event. The applier then pauses the
+partition, rewinds it to that event and reads it again every ``claim_retry_s``, while the
+other partitions go on; ``/healthz`` and ``coopr_applier_waiting_partitions`` show it.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,6 +94,11 @@ BATCH_SECONDS = Histogram("coopr_applier_batch_seconds", "Time to apply one batc
 LAG = Gauge(
     "coopr_applier_lag_messages", "Records not yet applied, per partition.", ["dc", "topic"]
 )
+WAITING = Gauge(
+    "coopr_applier_waiting_partitions",
+    "Partitions held at an event of a newer epoch until its claim is seen.",
+    ["dc"],
+)
 DELAY = Histogram(
     "coopr_applier_replication_delay_seconds",
     "Apply (commit) time minus the event's occurred_at in the owner DC.",
@@ -117,6 +128,8 @@ class ApplierConfig:
     #: Record values per batch, about (a batch passes it by about one record).
     batch_bytes: int = 16 * 1024 * 1024
     max_backoff_s: float = 5.0
+    #: How often a partition that waits for a claim is read again.
+    claim_retry_s: float = 0.2
     #: Defaults to ``coopr-applier-<dc>``: one group per DC.
     group: str | None = None
     timeouts: ConnectionTimeouts = field(default_factory=ConnectionTimeouts)
@@ -128,6 +141,17 @@ class ApplierConfig:
 
 #: Records taken from the consumer's queue at most at a time.
 _CHUNK = 500
+
+
+@dataclass(slots=True)
+class _Wait:
+    """A partition held at ``event`` (its offset is where it is read again) until the claim
+    of the event's epoch is seen; ``since`` and ``retry_at`` are monotonic seconds."""
+
+    event: Incoming
+    since: float
+    retry_at: float
+    paused: bool = True
 
 
 @dataclass(slots=True)
@@ -153,6 +177,8 @@ class Applier(Closeable):
         self._letters = DeadLetterShipper(config.kafka, config.dc)
         # Partitions assigned while their stored offsets could not be read: paused until then.
         self._awaiting: dict[tuple[str, int], TopicPartition] = {}
+        # Partitions held at an event whose claim is not seen yet.
+        self._waiting: dict[tuple[str, int], _Wait] = {}
         self._labels = {"dc": config.dc}
         self._log = log.bind(dc=config.dc)
 
@@ -165,13 +191,23 @@ class Applier(Closeable):
             self._conn = None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Healthy unless the last batch failed or partitions wait for their offsets."""
+        """Healthy unless the last batch failed or partitions wait for their offsets. A
+        partition waiting for a claim is listed (``waiting_for_claims``: which epoch, from
+        which offset, for how many seconds) but healthy: the claim normally follows within a
+        mirror delay, and a longer wait is the controller's or the mirror's problem."""
         awaiting = sorted(f"{t}[{p}]" for t, p in list(self._awaiting))
+        now = time.monotonic()
+        waiting = {
+            f"{t}[{p}]": f"shard {w.event.position.shard} epoch {w.event.position.epoch} from"
+            f" offset {w.event.offset}, {now - w.since:.0f} s"
+            for (t, p), w in sorted(dict(self._waiting).items())
+        }
         details = {
             "dc": self.config.dc,
             "group": self.config.group_id,
             "assigned": len(self.assigned),
             "awaiting_offsets": awaiting,
+            "waiting_for_claims": waiting,
             "last_error": self.last_error,
         }
         return self.last_error is None and not awaiting, details
@@ -187,6 +223,7 @@ class Applier(Closeable):
         backoff = 0.1
         while not self.stop.is_set():
             self._resume_awaiting()
+            self._retry_waiting()
             messages = self._read()
             if not messages:
                 self._ship_letters()
@@ -297,11 +334,24 @@ class Applier(Closeable):
         self._consumer.resume(partitions)
         self.last_error = None
 
+    def _retry_waiting(self) -> None:
+        """Resume the partitions held for a claim whose retry is due: they read their waiting
+        event again (the rewind put them there)."""
+        now = time.monotonic()
+        due = [key for key, w in self._waiting.items() if w.paused and w.retry_at <= now]
+        for key in due:
+            self._waiting[key].paused = False
+        if due:
+            self._consumer.resume([TopicPartition(t, p) for t, p in due])
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = {p.topic for p in partitions}
         self.assigned = [t for t in self.assigned if t not in revoked]
         for p in partitions:
             self._awaiting.pop((p.topic, p.partition), None)
+            # Its new owner starts from the stored offset, which never passed the event.
+            self._waiting.pop((p.topic, p.partition), None)
+        WAITING.labels(**self._labels).set(len(self._waiting))
         self._log.info("partitions revoked", count=len(partitions))
 
     def _read(self) -> list[Message]:
@@ -327,10 +377,14 @@ class Applier(Closeable):
             if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self._log.warning("consumer error", error=err.str())
-            elif (msg.topic(), msg.partition()) not in self._awaiting:
+            elif not self._paused((msg.topic() or "", msg.partition() or 0)):
                 # A record of a paused partition fetched before the pause is read again later.
                 messages.append(msg)
         return messages
+
+    def _paused(self, key: tuple[str, int]) -> bool:
+        wait = self._waiting.get(key)
+        return key in self._awaiting or (wait is not None and wait.paused)
 
     def _decode(self, messages: Sequence[Message]) -> _Batch:
         batch = _Batch([], [], {}, {})
@@ -377,19 +431,60 @@ class Applier(Closeable):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._rewind(batch.first_offsets)
+        self.stop.wait(backoff)
+
+    def _rewind(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Read each partition again from its offset. A partition revoked meanwhile is left
+        to its new owner, which starts from the stored offsets. Raises :class:`PipelineError`
+        when a seek fails on a partition still owned: going on would commit offsets past
+        records never applied."""
         owned = {(p.topic, p.partition) for p in self._consumer.assignment()}
-        for (topic, partition), offset in batch.first_offsets.items():
+        for (topic, partition), offset in offsets.items():
             if (topic, partition) not in owned:
-                continue  # revoked meanwhile: its new owner starts from the stored offsets
+                continue
             try:
                 self._consumer.seek(TopicPartition(topic, partition, offset))
             except KafkaException as e:
-                # Going on would commit offsets past records never applied.
                 raise PipelineError(
-                    f"cannot read {topic} [{partition}] again from offset {offset} after a"
-                    f" failed batch ({e.args[0].str()}): stopping instead of skipping records"
+                    f"cannot read {topic} [{partition}] again from offset {offset}"
+                    f" ({e.args[0].str()}): stopping instead of skipping records"
                 ) from None
-        self.stop.wait(backoff)
+
+    def _hold(self, batch: _Batch, result: Applied) -> None:
+        """Pause and rewind the partitions waiting for a claim, to be read again in
+        ``claim_retry_s``; forget those that went past their waiting event."""
+        now = time.monotonic()
+        for key in batch.next_offsets.keys() - result.waiting.keys():
+            wait = self._waiting.get(key)
+            if wait is not None and not wait.paused:
+                del self._waiting[key]
+                self._log.info(
+                    "claim seen, partition goes on",
+                    topic=key[0],
+                    partition=key[1],
+                    waited_s=round(now - wait.since, 3),
+                )
+        owned = {(p.topic, p.partition) for p in self._consumer.assignment()}
+        held = {key: ev for key, ev in result.waiting.items() if key in owned}
+        for key, ev in held.items():
+            wait = self._waiting.get(key)
+            if wait is None or wait.event.offset != ev.offset:
+                wait = self._waiting[key] = _Wait(ev, now, now)
+                self._log.info(
+                    "partition waits for the claim of a newer epoch",
+                    topic=key[0],
+                    partition=key[1],
+                    offset=ev.offset,
+                    shard=ev.position.shard,
+                    epoch=ev.position.epoch,
+                )
+            wait.paused, wait.retry_at = True, now + self.config.claim_retry_s
+        if held:
+            # Paused first: no record past the event is fetched between the seek and the pause.
+            self._consumer.pause([TopicPartition(t, p) for t, p in held])
+            self._rewind({key: ev.offset for key, ev in held.items()})
+        WAITING.labels(**self._labels).set(len(self._waiting))
 
     def _committed(self, batch: _Batch, result: Applied) -> None:
         now = datetime.now(UTC)
@@ -400,7 +495,7 @@ class Applier(Closeable):
         LATE.labels(**self._labels).inc(result.late)
         if result.late:
             self._log.info("late events filled recorded gaps", events=result.late)
-        DEAD.labels(**self._labels).inc(len(batch.refused))
+        DEAD.labels(**self._labels).inc(len(result.refused))
         BATCH_SIZE.labels(**self._labels).observe(len(batch.events) + len(batch.refused))
         delay = DELAY.labels(**self._labels)
         for ev in result.applied:
@@ -420,15 +515,16 @@ class Applier(Closeable):
             self._log.warning(
                 "fenced: events of an older epoch not applied", shard=shard, events=count
             )
-        for letter in batch.refused:
+        for letter in result.refused:
             self._log.warning(
                 "dead letter", topic=letter.topic, offset=letter.offset, reason=letter.reason
             )
+        self._hold(batch, result)
         self._consumer.commit(
-            offsets=[TopicPartition(t, p, o) for (t, p), o in batch.next_offsets.items()],
+            offsets=[TopicPartition(t, p, o) for (t, p), o in result.next_offsets.items()],
             asynchronous=True,
         )
-        for (topic, partition), next_offset in batch.next_offsets.items():
+        for (topic, partition), next_offset in result.next_offsets.items():
             _, high = self._consumer.get_watermark_offsets(
                 TopicPartition(topic, partition), cached=True
             )

@@ -3,15 +3,17 @@
 :func:`apply_batch` does, in a single transaction, in this order:
 
 1. create the ``replication_state`` rows of shards seen for the first time, then lock the
-   batch's rows (``FOR UPDATE``: two appliers overlapping during a rebalance serialise here)
-   and classify every event with :func:`consumer.sequencing.check_sequence` (fenced,
-   duplicate, gap, apply);
+   batch's rows (``FOR UPDATE``: two appliers overlapping during a rebalance serialise here),
+   read the claims of the batch's shards (``ownership_claims``) and classify every event with
+   :func:`consumer.sequencing.check_sequence` (fenced, waiting, duplicate, gap, apply);
 2. keep, per cluster and per job, only the newest event of the batch by ``(epoch, seq)``;
 3. COPY those rows into temporary tables and upsert from them, each row only over an older
    ``(epoch, seq)``, so a replay or a duplicate changes nothing;
 4. update the shards' replication state and record the gaps;
 5. keep the refused records for the dead-letter topic (:mod:`consumer.dlq`) and store the
-   next offset of every partition the batch read (never moving one back); commit.
+   next offset of every partition the batch read (never moving one back); commit. A partition
+   whose event waits for its claim is stored up to that event only, and its refused records
+   after it are left to be read again with it.
 
 So the rows, the dead letters and the offsets past them are committed together or not at
 all. When the database refuses the data of some event itself (:func:`permanent`),
@@ -23,7 +25,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +36,7 @@ from psycopg2.extras import execute_values
 from consumer.dlq import RefusedRecord, store_refused
 from consumer.sequencing import Gap, Position, SequenceCheck, ShardState, check_sequence
 from pipeline.events import json_ready
+from pipeline.ownership import read_claims
 
 __all__ = [
     "Applied",
@@ -124,6 +127,14 @@ class Applied:
     gaps: list[Gap]
     #: Applied events that arrived after a gap had been recorded for them.
     late: int
+    #: Per (topic, partition) that waits for a claim, its first event not applied: nothing of
+    #: the partition from there on is applied or stored, it must be read again.
+    waiting: dict[tuple[str, int], Incoming] = field(default_factory=dict)
+    #: The next offsets stored (:func:`apply_batch`): those given, a waiting partition's cut
+    #: back to its waiting event.
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: The refused records stored for the dead-letter topic (:func:`apply_batch`).
+    refused: list[RefusedRecord] = field(default_factory=list)
 
 
 def stored_offsets(
@@ -214,22 +225,28 @@ def apply_batch(
     """Apply ``events`` (in read order), keep ``refused`` for the dead-letter topic and store
     ``next_offsets``, in one transaction.
 
-    ``next_offsets`` covers every partition the batch read, including refused records. Raises
-    psycopg2's errors when the database fails; then nothing of the batch is stored.
+    ``next_offsets`` covers every partition the batch read, including refused records. A
+    partition with an event that waits for its claim (``result.waiting``) is stored at that
+    event's offset at most, without its refused records from there on: the caller reads them
+    again. Raises psycopg2's errors when the database fails; then nothing of the batch is
+    stored.
     """
     with conn, conn.cursor() as cur:
         applied = _apply(cur, events)
-        store_refused(cur, refused)
-        if next_offsets:
+        held = {key: ev.offset for key, ev in applied.waiting.items()}
+        kept = [r for r in refused if r.offset < held.get((r.topic, r.partition), r.offset + 1)]
+        offsets = {key: min(o, held.get(key, o)) for key, o in next_offsets.items()}
+        store_refused(cur, kept)
+        if offsets:
             execute_values(
                 cur,
                 "INSERT INTO applied_offsets AS a (topic, partition, next_offset) VALUES %s"
                 " ON CONFLICT (topic, partition) DO UPDATE"
                 " SET next_offset = EXCLUDED.next_offset, updated_at = now()"
                 " WHERE a.next_offset < EXCLUDED.next_offset",
-                [(t, p, o) for (t, p), o in next_offsets.items()],
+                [(t, p, o) for (t, p), o in offsets.items()],
             )
-    return applied
+    return replace(applied, next_offsets=offsets, refused=kept)
 
 
 def refused_by_database(
@@ -265,10 +282,12 @@ def permanent(error: psycopg2.Error) -> bool:
 
 
 def _apply(cur: psycopg2.extensions.cursor, events: Sequence[Incoming]) -> Applied:
-    """Sequence and upsert ``events`` in the cursor's transaction (steps 1 to 3 and 5)."""
+    """Sequence and upsert ``events`` in the cursor's transaction (steps 1 to 4)."""
     cur.execute(_STAGING)
     shards = sorted({ev.position.shard for ev in events})
     states: dict[int, ShardState] = {}
+    cuts: dict[tuple[int, int], int] = {}
+    claimed: set[tuple[int, int]] = set()
     if shards:
         # FOR UPDATE locks only rows that exist: create a shard's first row before locking it,
         # or two appliers overlapping in a rebalance would both start from nothing and the
@@ -288,7 +307,13 @@ def _apply(cur: psycopg2.extensions.cursor, events: Sequence[Incoming]) -> Appli
             shard: ShardState(dc, epoch, last, tuple((a, b) for a, b in gaps))
             for shard, dc, epoch, last, gaps in cur.fetchall()
         }
-    check = check_sequence(states, [ev.position for ev in events])
+        # Read after the lock: a claim committed before it counts for the whole batch.
+        # Claims come by epoch, so of two claims taking a shard from one epoch (a race the
+        # higher won) the higher one's cut is kept.
+        for claim in read_claims(cur, shards):
+            cuts[claim.shard, claim.from_epoch] = claim.cut
+            claimed.add((claim.shard, claim.epoch))
+    check = check_sequence(states, [ev.position for ev in events], cuts, claimed)
     applied = [events[i] for i in check.apply]
     clusters, checkpoints = rows_of(applied)
     if clusters:
@@ -315,7 +340,10 @@ def _apply(cur: psycopg2.extensions.cursor, events: Sequence[Incoming]) -> Appli
             " VALUES %s",
             [(g.shard, g.source_dc, g.epoch, g.after_seq, g.before_seq) for g in check.gaps],
         )
-    return Applied(applied, len(check.duplicates), fenced, check.gaps, len(check.late))
+    waiting: dict[tuple[str, int], Incoming] = {}
+    for i in check.waiting:  # in read order: the first of a partition is its lowest offset
+        waiting.setdefault((events[i].topic, events[i].partition), events[i])
+    return Applied(applied, len(check.duplicates), fenced, check.gaps, len(check.late), waiting)
 
 
 def _store_states(

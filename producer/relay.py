@@ -15,7 +15,8 @@ reach Kafka in seq order):
    re-publishes the row: consumers absorb duplicates by ``(epoch, seq)``;
 2. read the unpublished rows of every shard that has none in flight and is not blocked, in
    id order (seq order within a shard): at most ``batch_size`` per shard and ``batch_bytes``
-   in all (at least one row);
+   in all (at least one row). Only shards this DC owns under a running lease, and only rows
+   of the shard's current epoch (below);
 3. produce them with an idempotent producer (``acks=all``, records never time out, gapless);
 4. wait for their delivery reports, at most ``ack_timeout_s``.
 
@@ -27,9 +28,17 @@ first, after a backoff that doubles up to ``blocked_retry_max_s``; health names 
 reason. A fatal producer error (the idempotent producer can no longer keep the order, as after
 a refused batch) replaces the producer; the rows it had not acknowledged are sent again.
 
+Which shards it publishes (``docs/ownership.md``): a shard's rows go out only while
+``shard_ownership`` names this DC the owner at the rows' epoch and the lease runs
+(``lease_until > clock_timestamp()``), whether or not the shard is writable: a shard made
+read-only for a planned handover is still flushed. A shard whose lease ended waits until the
+controller renews it (**unleased**), then flows on in order. Rows of an epoch this DC no
+longer owns (another DC took the shard over) are **disowned**: never published, never pruned,
+they are the orphans ``ownership orphans`` lists. Health names both kinds of shards.
+
 The relay wakes on ``NOTIFY coopr_outbox`` (sent by :func:`producer.outbox.publish` at
 commit) and polls every ``poll_interval_s`` in case a notification was missed. Published rows
-older than ``retention_s`` are pruned every ``prune_interval_s``.
+older than ``retention_s`` are pruned every ``prune_interval_s``; unpublished rows never are.
 """
 
 from __future__ import annotations
@@ -73,7 +82,21 @@ PUBLISHED = Counter(
 FAILED = Counter(
     "coopr_relay_delivery_failures_total", "Deliveries Kafka did not acknowledge.", ["dc"]
 )
-BACKLOG = Gauge("coopr_relay_outbox_backlog", "Outbox rows not yet published.", ["dc"])
+BACKLOG = Gauge(
+    "coopr_relay_outbox_backlog",
+    "Outbox rows not yet published (disowned rows included: they never will be).",
+    ["dc"],
+)
+UNLEASED = Gauge(
+    "coopr_relay_unleased_shards",
+    "Shards with rows to publish held back because this DC's lease on them has ended.",
+    ["dc"],
+)
+DISOWNED = Gauge(
+    "coopr_relay_disowned_shards",
+    "Shards with unpublished rows of an epoch this DC no longer owns (orphans, kept).",
+    ["dc"],
+)
 ACTIVE = Gauge("coopr_relay_active", "1 while this relay holds the DC's relay lock.", ["dc"])
 BLOCKED = Gauge(
     "coopr_relay_blocked_shards", "Shards held back because Kafka refused a record.", ["dc"]
@@ -105,18 +128,23 @@ _COLLATERAL = frozenset(
 #: Per shard, unpublished rows in id order, cut at the row and byte limits (the first row of
 #: a round is always taken, whatever its size). A blocked shard due for a retry sends one row.
 #: The cut is computed on ids and sizes only, so that no payload is sorted; the caller puts
-#: the rows in id order.
+#: the rows in id order. Only shards this DC (``dc``) owns under a running lease, only rows of
+#: the epoch it owns them at; `writable` is not looked at, so a handover flushes its shard.
+#: Disowned rows are older than every row of the current epoch (a DC writes a shard's epoch
+#: only after it owns it): each round's index walk steps over them first, a cost bounded by
+#: the few rows a takeover leaves behind.
 _FETCH = """
 WITH candidates AS (
     SELECT c.id, c.size
     FROM shard_ownership s CROSS JOIN LATERAL (
         SELECT id, octet_length(payload) AS size
         FROM outbox
-        WHERE outbox.shard = s.shard AND published_at IS NULL
+        WHERE outbox.shard = s.shard AND outbox.epoch = s.epoch AND published_at IS NULL
         ORDER BY id
         LIMIT CASE WHEN s.shard = ANY(%(probe)s) THEN 1 ELSE %(rows)s END
     ) c
-    WHERE s.shard <> ALL(%(skip)s)
+    WHERE s.shard <> ALL(%(skip)s) AND s.owner_dc = %(dc)s
+        AND s.lease_until > clock_timestamp()
 ), chosen AS (
     SELECT id FROM (
         SELECT id, sum(size) OVER (ORDER BY id) - size AS before FROM candidates
@@ -126,6 +154,29 @@ WITH candidates AS (
 SELECT o.id, o.shard, o.epoch, o.seq, o.event_type, o.event_key, o.payload,
        extract(epoch FROM o.created_at)
 FROM outbox o JOIN chosen USING (id)
+"""
+#: The backlog (every unpublished row, disowned ones included: an index-only count), the
+#: shards held back for their lease (this DC owns them, the lease ended, rows of their epoch
+#: wait) and the disowned shards: those whose oldest unpublished row is of an epoch this DC
+#: does not own now. Disowned rows are the oldest of their shard (see _FETCH), so the oldest
+#: row tells, in one index probe per shard.
+_BACKLOG = """
+WITH shards AS (
+    SELECT s.shard,
+        oldest.epoch IS NOT NULL AND (s.owner_dc <> %(dc)s OR oldest.epoch <> s.epoch)
+            AS disowned,
+        CASE WHEN s.owner_dc = %(dc)s AND s.lease_until <= clock_timestamp() THEN EXISTS (
+            SELECT FROM outbox
+            WHERE shard = s.shard AND epoch = s.epoch AND published_at IS NULL
+        ) ELSE false END AS unleased
+    FROM shard_ownership s LEFT JOIN LATERAL (
+        SELECT epoch FROM outbox
+        WHERE shard = s.shard AND published_at IS NULL ORDER BY id LIMIT 1
+    ) oldest ON true
+)
+SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL),
+    array(SELECT shard FROM shards WHERE unleased ORDER BY shard),
+    array(SELECT shard FROM shards WHERE disowned ORDER BY shard)
 """
 
 
@@ -247,6 +298,10 @@ class Relay(Closeable):
         self.active = False
         self.last_error: str | None = None
         self.backlog = 0
+        #: Shards held back because their lease ended, and shards with disowned rows (both
+        #: refreshed with the backlog, every second).
+        self.unleased: list[int] = []
+        self.disowned: list[int] = []
         self._conn: psycopg2.extensions.connection | None = None
         self._producer = Producer(config.producer_settings())
         # Set on a fatal producer error: that producer can send nothing more.
@@ -267,7 +322,9 @@ class Relay(Closeable):
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy unless the last attempt failed or a shard is blocked or stuck; the role
-        tells active from standby. Called from another thread: it reads snapshots only."""
+        tells active from standby. Unleased and disowned shards are listed but healthy: the
+        relay does what ownership says, the controller's health tells why. Called from another
+        thread: it reads snapshots only."""
         now = time.monotonic()
         blocked = {str(s): b.reason for s, b in sorted(dict(self._blocked).items())}
         stuck = {
@@ -284,6 +341,8 @@ class Relay(Closeable):
             "last_error": self.last_error,
             "blocked_shards": blocked,
             "stuck_shards": stuck,
+            "unleased_shards": list(self.unleased),
+            "disowned_shards": list(self.disowned),
         }
         return self.last_error is None and not blocked and not stuck, details
 
@@ -369,6 +428,7 @@ class Relay(Closeable):
             cur.execute(
                 _FETCH,
                 {
+                    "dc": self.config.dc,
                     "probe": probe,
                     "skip": sorted(skip),
                     "rows": self.config.batch_size,
@@ -544,9 +604,12 @@ class Relay(Closeable):
         now = time.monotonic()
         if now >= self._next_backlog:
             with self._conn.cursor() as cur:
-                cur.execute("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                self.backlog = int((cur.fetchone() or (0,))[0])
+                cur.execute(_BACKLOG, {"dc": self.config.dc})
+                backlog, self.unleased, self.disowned = cur.fetchone() or (0, [], [])
+                self.backlog = int(backlog)
             BACKLOG.labels(**self._labels).set(self.backlog)
+            UNLEASED.labels(**self._labels).set(len(self.unleased))
+            DISOWNED.labels(**self._labels).set(len(self.disowned))
             self._next_backlog = now + 1.0
         if now >= self._next_prune:
             with self._conn.cursor() as cur:

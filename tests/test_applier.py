@@ -27,6 +27,7 @@ from pipeline.events import RestartCheckpoint
 from pipeline.shutdown import run_in_thread
 from pipeline.stack.toxiproxy import Proxy, Toxiproxy
 from pipeline.topics import DLQ_TOPIC, mirrored, shard_topic
+from tests.claim_helpers import Claims
 from tests.conftest import RunningStack
 from tests.kafka_helpers import headers_of, read_to_end
 from tests.workers import free_port
@@ -66,16 +67,16 @@ RunApplier = Callable[..., Applier]
 
 @pytest.fixture
 def run_applier(stack: RunningStack) -> Iterator[RunApplier]:
-    """Factory: an applier of ``source`` in a thread (``database``: another DSN of the
+    """Factory: an applier of ``sources`` in a thread (``database``: another DSN of the
     replica's database, e.g. through a proxy); stopped at the end of the test."""
     running: list[tuple[threading.Event, threading.Thread]] = []
 
-    def start(source: FakeSource, database: str | None = None) -> Applier:
+    def start(*sources: FakeSource, database: str | None = None) -> Applier:
         config = ApplierConfig(
             dc=REPLICA,
             database=database or stack.dc(REPLICA).database,
             kafka=stack.kafka(REPLICA),
-            topics=(source.topic,),
+            topics=tuple(source.topic for source in sources),
             group=f"test-{uuid.uuid4().hex[:8]}",
         )
         applier = Applier(config, threading.Event())
@@ -162,6 +163,9 @@ def test_gap_and_fencing_are_recorded_and_a_replay_changes_nothing(
 ) -> None:
     source = fake_source(97)
     checkpoint = event_for("99700001", 97)
+    claims = Claims(stack.dc(REPLICA).database, 97)
+    # Epoch 2 took the shard over after seq 4 of epoch 1 (the source's own later claim).
+    claims.record(97, 2, source.dc, 1, source.dc, 4)
     produce(
         stack,
         source.topic,
@@ -233,6 +237,47 @@ def test_gap_and_fencing_are_recorded_and_a_replay_changes_nothing(
     assert query(stack, "SELECT epoch, last_seq, gaps FROM replication_state WHERE shard = 97") == [
         (2, 2, 1)
     ]
+    claims.forget()
+
+
+def test_events_of_a_new_epoch_wait_for_its_claim_then_apply_and_the_orphan_is_fenced(
+    stack: RunningStack, fake_source: Callable[[int], FakeSource], run_applier: RunApplier
+) -> None:
+    old, new = fake_source(92), fake_source(92)
+    claims = Claims(stack.dc(REPLICA).database, 92)
+    try:
+        produce(stack, old.topic, [event(old, s) for s in range(1, 6)])
+        applier = run_applier(old, new)
+        state_sql = "SELECT source_dc, epoch, last_seq, gaps, fenced FROM replication_state"
+        state_sql += " WHERE shard = 92"
+        wait_for(lambda: query(stack, state_sql) == [(old.dc, 1, 5, 0, 0)], 30, "epoch 1 applied")
+
+        produce(stack, new.topic, [event(new, s, epoch=65) for s in range(1, 4)])
+        produce(stack, old.topic, [event(old, 6)])  # the other partition goes on meanwhile
+        wait_for(lambda: query(stack, state_sql) == [(old.dc, 1, 6, 0, 0)], 30, "seq 6 applied")
+        offset_sql = "SELECT next_offset FROM applied_offsets WHERE topic = %s"
+        for _ in range(10):  # 2 s of re-reads: the stored offset never passes the event
+            assert query(stack, offset_sql, new.topic) in ([], [(0,)])
+            assert query(stack, state_sql) == [(old.dc, 1, 6, 0, 0)]
+            time.sleep(0.2)
+        healthy, details = applier.health()
+        assert healthy, "waiting for a claim is no failure"
+        assert list(details["waiting_for_claims"]) == [f"{new.topic}[0]"]
+        waiting = REGISTRY.get_sample_value("coopr_applier_waiting_partitions", {"dc": REPLICA})
+        assert waiting == 1
+
+        claims.record(92, 65, old.dc, 1, new.dc, 6)
+        wait_for(lambda: query(stack, state_sql) == [(new.dc, 65, 3, 0, 0)], 30, "epoch 65")
+        assert query(stack, offset_sql, new.topic) == [(3,)]
+        rows_sql = "SELECT epoch, seq FROM replica_clusters WHERE source_dc = %s ORDER BY seq"
+        assert query(stack, rows_sql, new.dc) == [(65, 1), (65, 2), (65, 3)]
+        wait_for(lambda: applier.health()[1]["waiting_for_claims"] == {}, 10, "no wait left")
+
+        produce(stack, old.topic, [event(old, 7)])  # beyond the cut: the old owner's orphan
+        wait_for(lambda: query(stack, state_sql) == [(new.dc, 65, 3, 0, 1)], 30, "fenced")
+        assert query(stack, rows_sql, old.dc) == [(1, s) for s in range(1, 7)]
+    finally:
+        claims.forget()
 
 
 def dead_letters_of(stack: RunningStack, topic: str, start: int) -> list[Message]:

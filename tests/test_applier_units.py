@@ -1,16 +1,20 @@
 """The applier's own logic with a consumer stand-in (a real broker does not fail a seek on
 demand): after a failed batch it rewinds to the batch's first offsets, and a rewind that fails
 must stop it, never let it go on past records it did not apply; a batch is bounded in records
-and in bytes."""
+and in bytes; a partition waiting for a claim is paused, rewound and read again later."""
 
 from __future__ import annotations
 
 import threading
+import time
+from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from consumer.applier import Applier, ApplierConfig, _Batch
+from consumer.sequencing import Position
+from consumer.store import Applied, Incoming
 from pipeline.errors import PipelineError
 from pipeline.kafka_config import KafkaSettings
 
@@ -40,12 +44,21 @@ class Record:
 
 
 class ConsumerStandIn:
-    """Owns ``owned``, fails every seek, serves ``queued`` records; remembers seeks."""
+    """Owns ``owned``, fails every seek unless ``seeks_work``, serves ``queued`` records;
+    remembers seeks, pauses and resumes."""
 
-    def __init__(self, owned: list[TopicPartition], queued: list[Record] | None = None):
+    def __init__(
+        self,
+        owned: list[TopicPartition],
+        queued: list[Record] | None = None,
+        seeks_work: bool = False,
+    ):
         self.owned = owned
         self.queued = queued or []
+        self.seeks_work = seeks_work
         self.seeks: list[tuple[str, int, int]] = []
+        self.paused: list[tuple[str, int]] = []
+        self.resumed: list[tuple[str, int]] = []
 
     def poll(self, timeout: float) -> Record | None:
         return self.queued.pop(0) if self.queued else None
@@ -59,7 +72,20 @@ class ConsumerStandIn:
 
     def seek(self, tp: TopicPartition) -> None:
         self.seeks.append((tp.topic, tp.partition, tp.offset))
-        raise KafkaException(KafkaError(KafkaError._STATE, "Erroneous state"))
+        if not self.seeks_work:
+            raise KafkaException(KafkaError(KafkaError._STATE, "Erroneous state"))
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.paused += [(p.topic, p.partition) for p in partitions]
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.resumed += [(p.topic, p.partition) for p in partitions]
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        pass
+
+    def get_watermark_offsets(self, tp: TopicPartition, cached: bool) -> tuple[int, int]:
+        return -1, -1
 
     def close(self) -> None:
         pass
@@ -115,5 +141,34 @@ def test_a_batch_is_cut_by_bytes_as_well_as_by_count() -> None:
         )
         assert len(by_count._read()) == 20
         by_count._letters.close(0)
+    finally:
+        applier._letters.close(0)
+
+
+def test_a_partition_waiting_for_a_claim_is_paused_rewound_and_read_again_later() -> None:
+    # The batch read offsets 7 and 8; the event at 7 is of an epoch whose claim is unknown.
+    consumer = ConsumerStandIn([TopicPartition(TOPIC, 0)], [Record(8, 10)], seeks_work=True)
+    applier = applier_with(consumer, claim_retry_s=0.3)  # type: ignore[arg-type]
+    try:
+        record = {"occurred_at": datetime.now(UTC)}
+        waiting = Incoming(TOPIC, 0, 7, Position(1, "dc1", 65, 1), "RestartCheckpoint", record, b"")
+        result = Applied([], 0, [], [], 0, {(TOPIC, 0): waiting}, {(TOPIC, 0): 7})
+        applier._committed(_Batch([waiting], [], {(TOPIC, 0): 7}, {(TOPIC, 0): 9}), result)
+        assert consumer.paused == [(TOPIC, 0)] and consumer.seeks == [(TOPIC, 0, 7)]
+        assert applier._read() == [], "a record fetched before the pause is not applied"
+        waits = applier.health()[1]["waiting_for_claims"]
+        assert list(waits) == [f"{TOPIC}[0]"] and "epoch 65 from offset 7" in waits[f"{TOPIC}[0]"]
+
+        applier._retry_waiting()
+        assert consumer.resumed == [], "read again only after claim_retry_s"
+        time.sleep(0.35)
+        applier._retry_waiting()
+        assert consumer.resumed == [(TOPIC, 0)]
+
+        # Read again, and this time applied: the partition goes on.
+        again = Applied([waiting], 0, [], [], 0, {}, {(TOPIC, 0): 8})
+        applier._committed(_Batch([waiting], [], {(TOPIC, 0): 7}, {(TOPIC, 0): 8}), again)
+        assert applier.health()[1]["waiting_for_claims"] == {}
+        assert consumer.paused == [(TOPIC, 0)], "paused once"
     finally:
         applier._letters.close(0)

@@ -1,8 +1,10 @@
-"""The outbox and the relay against the real stack: nothing lost, order kept, one active relay."""
+"""The outbox and the relay against the real stack: nothing lost, order kept, one active relay,
+only shards this DC owns under a lease published."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 import time
 import uuid
@@ -12,6 +14,7 @@ from typing import Any, cast
 
 import psycopg2.extensions
 import pytest
+from prometheus_client import REGISTRY
 
 from bench.load import event_for
 from pipeline.admin import high_watermark
@@ -485,7 +488,7 @@ def test_a_round_takes_at_most_its_byte_limit_but_always_one_row(
     others = [s for s in range(stack.topology.shard_count) if s != shard]
 
     def fetch(limit: int) -> list[tuple[Any, ...]]:
-        args = {"probe": [], "skip": others, "rows": 5000, "bytes": limit}
+        args = {"dc": DC, "probe": [], "skip": others, "rows": 5000, "bytes": limit}
         return fetch_all(dsn, _FETCH, args)
 
     try:
@@ -496,3 +499,121 @@ def test_a_round_takes_at_most_its_byte_limit_but_always_one_row(
     finally:
         relays.append(RelayProcess(stack))
         wait_drained(dsn, 60)
+
+
+def set_ownership(
+    conn: psycopg2.extensions.connection, shard: int, assignment: str, *args: object
+) -> None:
+    """``UPDATE shard_ownership SET <assignment>`` for ``shard``, in ``conn``'s transaction."""
+    with conn.cursor() as cur:
+        cur.execute(f"UPDATE shard_ownership SET {assignment} WHERE shard = %s", (*args, shard))
+
+
+def test_a_shard_whose_lease_ended_waits_for_its_renewal_then_flows_in_order(
+    stack: RunningStack, relays: list[RelayProcess]
+) -> None:
+    dsn = stack.dc(DC).database
+    shard, other = owned_shards(stack, DC, 2)
+    relay = start_active(stack, relays)
+    start = high_watermark(stack.kafka(DC), shard_topic(shard))
+    conn = connect(dsn)
+    try:
+        # Written under the lease, which ends in the same transaction: the relay never sees
+        # these rows while the lease runs.
+        with conn:
+            ids = itertools.islice(cluster_ids_of(shard, 16), 5)
+            written = [publish(conn, event_for(c, shard)) for c in ids]
+            set_ownership(conn, shard, "lease_until = clock_timestamp() - interval '1 ms'")
+        relay.wait_health("unleased_shards", [shard], 10)
+        assert relay.metric(f'coopr_relay_unleased_shards{{dc="{DC}"}}') == 1.0
+        publish_events(dsn, other, 16, 3)  # rounds go on for the other shards
+        wait_until(lambda: shard_backlog(dsn, other) == 0, 30, "the other shard flows")
+        assert shard_backlog(dsn, shard) == 5
+        assert high_watermark(stack.kafka(DC), shard_topic(shard)) == start
+
+        with conn:  # the controller renews the lease
+            set_ownership(conn, shard, "lease_until = 'infinity'")
+        written += publish_events(dsn, shard, 16, 5)
+        wait_until(lambda: shard_backlog(dsn, shard) == 0, 30, "the renewed shard drains")
+        assert_complete_and_ordered(stack, DC, {shard: start}, written)
+        relay.wait_health("unleased_shards", [], 10)
+    finally:
+        conn.rollback()
+        with conn:
+            set_ownership(conn, shard, "lease_until = 'infinity'")
+        conn.close()
+    assert relay.terminate() == 0
+
+
+def test_rows_of_an_epoch_this_dc_no_longer_owns_are_never_published_nor_pruned(
+    stack: RunningStack, relays: list[RelayProcess]
+) -> None:
+    dsn = stack.dc(DC).database
+    shard, witness = owned_shards(stack, DC, 2)
+    start_active(stack, relays).terminate()
+    start = high_watermark(stack.kafka(DC), shard_topic(shard))
+    conn = connect(dsn)
+    before = last_seq(conn, shard)
+    conn.rollback()
+    # Prunes every 0.2 s whatever was published before now: an unpublished row that went
+    # would be gone from the outbox within the test.
+    config = RelayConfig(
+        dc=DC,
+        database=dsn,
+        kafka=stack.kafka(DC),
+        poll_interval_s=0.2,
+        retention_s=0.0,
+        prune_interval_s=0.2,
+    )
+    stop = threading.Event()
+    relay = Relay(config, stop)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    orphans_sql = (
+        "SELECT seq, published_at FROM outbox WHERE shard = %s AND epoch = 1 AND seq > %s"
+        " ORDER BY seq"
+    )
+    try:
+        # This DC wrote three rows at epoch 1, then saw dc2 take the shard over at epoch 66
+        # before its relay published them: orphans.
+        with conn:
+            for cluster_id in itertools.islice(cluster_ids_of(shard, 16), 3):
+                publish(conn, event_for(cluster_id, shard))
+            set_ownership(conn, shard, "owner_dc = 'dc2', epoch = 66, writable = false")
+        thread.start()
+        stages = {
+            "taken over by dc2": ("owner_dc = 'dc2', epoch = 66, writable = false", ()),
+            "failed back here": ("owner_dc = %s, epoch = 129, writable = true", (DC,)),
+        }
+        for stage, (assignment, args) in stages.items():
+            with conn:
+                set_ownership(conn, shard, assignment, *args)
+            publish_events(dsn, witness, 16, 2)  # rounds and prunes do run meanwhile
+            wait_until(lambda: shard_backlog(dsn, witness) == 0, 30, f"{stage}: others flow")
+            time.sleep(1.0)
+            orphans = fetch_all(dsn, orphans_sql, (shard, before))
+            assert orphans == [(before + i, None) for i in (1, 2, 3)], f"{stage}: orphans kept"
+            assert high_watermark(stack.kafka(DC), shard_topic(shard)) == start
+            wait_until(
+                lambda: relay.health()[1]["disowned_shards"] == [shard], 10, f"{stage}: named"
+            )
+            assert relay.health()[0], "disowned rows are no failure of the relay"
+        assert REGISTRY.get_sample_value("coopr_relay_disowned_shards", {"dc": DC}) == 1.0
+    finally:
+        stop.set()
+        thread.join(60)
+        conn.rollback()
+        with conn:  # what every other test assumes: the initial owner at epoch 1, no orphans
+            with conn.cursor() as cur:
+                cur.execute(
+                    "DELETE FROM outbox WHERE shard = %s AND epoch = 1 AND seq > %s",
+                    (shard, before),
+                )
+            set_ownership(
+                conn,
+                shard,
+                "owner_dc = %s, epoch = 1, writable = true, last_seq = %s,"
+                " lease_until = 'infinity'",
+                DC,
+                before,
+            )
+        conn.close()

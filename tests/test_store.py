@@ -1,15 +1,26 @@
 """The replica rows a batch produces, without a database: the newest event wins, whatever the
-order the events were read in."""
+order the events were read in; and, on the real stack's replica database, what a batch
+applies, holds back or fences once claims are recorded."""
 
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
 
 from bench.load import event_for
+from consumer.dlq import RefusedRecord
 from consumer.sequencing import Position
-from consumer.store import Incoming, rows_of
+from consumer.store import Incoming, apply_batch, rows_of
 from pipeline.codec import decode_record, encode
+from pipeline.db import connect, fetch_all
 from pipeline.events import ClusterStatus, OperationCompleted, RestartCheckpoint
+from pipeline.topics import mirrored, shard_topic
+from tests.claim_helpers import Claims
+from tests.conftest import RunningStack
 
 SHARD, SOURCE = 5, "dc1"
 
@@ -70,3 +81,126 @@ def test_a_newer_epoch_wins_over_a_higher_seq_of_an_older_epoch() -> None:
     new = dataclasses.replace(completed("00000044", 1, ClusterStatus.INCONSISTENT), epoch=65)
     clusters, _ = rows_of([incoming(new, 0), incoming(old, 1)])
     assert [(row[3], row[4], row[5]) for row in clusters] == [(65, 1, "INCONSISTENT")]
+
+
+# The store against the replica database of the real stack: claims decide what waits, what
+# is the old owner's tail and what is fenced. Shards 89 and 90 are outside the topology, on
+# made-up source DCs, so the other tests' shards are left alone.
+
+REPLICA = "dc2"
+
+
+def mirrored_event(dc: str, shard: int, epoch: int, seq: int, offset: int) -> Incoming:
+    """Event ``(epoch, seq)`` of ``shard`` read at ``offset`` of ``dc``'s mirrored topic."""
+    ev = event_for(f"{dc}-{epoch}-{seq:05d}", shard, owner_dc=dc, epoch=epoch, seq=seq)
+    payload = encode(ev)
+    name, record = decode_record(payload)
+    topic = mirrored(dc, shard_topic(shard))
+    return Incoming(topic, 0, offset, Position(shard, dc, epoch, seq), name, record, payload)
+
+
+@pytest.fixture
+def replica(stack: RunningStack) -> Iterator[Callable[[int], Claims]]:
+    """Factory: a clean replica state for a shard, with a :class:`Claims` of it; the claims
+    and dead letters it leaves are removed at the end."""
+    made: list[Claims] = []
+    dsn = stack.dc(REPLICA).database
+
+    def make(shard: int) -> Claims:
+        for table in ("replication_state", "replication_gaps"):
+            fetch_all(dsn, f"DELETE FROM {table} WHERE shard = %s", (shard,))
+        made.append(Claims(dsn, shard))
+        return made[-1]
+
+    yield make
+    for claims in made:
+        claims.forget()
+        topics = [f"%.{shard_topic(s)}" for s in claims.shards]
+        fetch_all(dsn, "DELETE FROM dead_letters WHERE source_topic LIKE ANY(%s)", (topics,))
+
+
+def state_of(dsn: str, shard: int) -> tuple[Any, ...]:
+    rows = fetch_all(
+        dsn,
+        "SELECT source_dc, epoch, last_seq, gaps, fenced FROM replication_state WHERE shard = %s",
+        (shard,),
+    )
+    return rows[0]
+
+
+def offsets_of(dsn: str, *topics: str) -> dict[str, int]:
+    rows = fetch_all(
+        dsn,
+        "SELECT topic, next_offset FROM applied_offsets WHERE topic = ANY(%s)",
+        (list(topics),),
+    )
+    return dict(rows)
+
+
+@pytest.mark.stack
+def test_an_unclaimed_epoch_waits_without_storing_its_partition_past_it(
+    stack: RunningStack, replica: Callable[[int], Claims]
+) -> None:
+    shard, old, new = 89, f"o{uuid.uuid4().hex[:6]}", f"n{uuid.uuid4().hex[:6]}"
+    claims = replica(shard)
+    dsn = stack.dc(REPLICA).database
+    old_topic, new_topic = mirrored(old, shard_topic(shard)), mirrored(new, shard_topic(shard))
+    conn = connect(dsn)
+    try:
+        first = [mirrored_event(old, shard, 1, s, s - 1) for s in (1, 2, 3)]
+        apply_batch(conn, first, {(old_topic, 0): 3})
+
+        # The new owner's first events (offsets 0, 1), a record refused at offset 2 of its
+        # topic, and the old owner's seq 4, before this DC has seen the claim.
+        batch = [mirrored_event(new, shard, 65, s, s - 1) for s in (1, 2)]
+        batch.append(mirrored_event(old, shard, 1, 4, 3))
+        refused = RefusedRecord(new_topic, 0, 2, None, b"\x00", "not Avro", "MissingMarkerError")
+        offsets = {(new_topic, 0): 3, (old_topic, 0): 4}
+        result = apply_batch(conn, batch, offsets, [refused])
+        assert [ev.position.seq for ev in result.applied] == [4]
+        assert list(result.waiting) == [(new_topic, 0)]
+        assert result.waiting[new_topic, 0].offset == 0
+        assert result.refused == [], "read again with its partition, dead-lettered then"
+        assert offsets_of(dsn, old_topic, new_topic) == {old_topic: 4, new_topic: 0}
+        assert state_of(dsn, shard) == (old, 1, 4, 0, 0)
+        letters = "SELECT count(*) FROM dead_letters WHERE source_topic = %s"
+        assert fetch_all(dsn, letters, (new_topic,)) == [(0,)]
+
+        claims.record(shard, 65, old, 1, new, 4)
+        result = apply_batch(conn, batch[:2], {(new_topic, 0): 3}, [refused])
+        assert [ev.position.seq for ev in result.applied] == [1, 2] and not result.waiting
+        assert offsets_of(dsn, new_topic) == {new_topic: 3}
+        assert state_of(dsn, shard) == (new, 65, 2, 0, 0), "no gap for epoch 1, source follows"
+        assert fetch_all(dsn, letters, (new_topic,)) == [(1,)]
+    finally:
+        conn.close()
+
+
+@pytest.mark.stack
+def test_the_old_owners_tail_applies_up_to_the_cut_after_the_new_owners_events(
+    stack: RunningStack, replica: Callable[[int], Claims]
+) -> None:
+    # Two replicas per shard: this one reads the new owner's first events before the tail
+    # the new owner applied (seqs 4 and 5 of epoch 1) and the old owner's orphan (seq 6).
+    shard, old, new = 90, f"o{uuid.uuid4().hex[:6]}", f"n{uuid.uuid4().hex[:6]}"
+    claims = replica(shard)
+    dsn = stack.dc(REPLICA).database
+    conn = connect(dsn)
+    try:
+        apply_batch(conn, [mirrored_event(old, shard, 1, s, s - 1) for s in (1, 2, 3)], {})
+        claims.record(shard, 65, old, 1, new, 5)
+        apply_batch(conn, [mirrored_event(new, shard, 65, s, s - 1) for s in (1, 2)], {})
+        tail = [mirrored_event(old, shard, 1, s, s - 1) for s in (4, 5, 6)]
+        result = apply_batch(conn, tail, {})
+        assert [ev.position.seq for ev in result.applied] == [4, 5]
+        assert [ev.position.seq for ev in result.fenced] == [6]
+        assert state_of(dsn, shard) == (new, 65, 2, 0, 1)
+        rows = fetch_all(
+            dsn,
+            "SELECT source_dc, epoch, seq FROM replica_clusters WHERE shard = %s"
+            " AND source_dc IN (%s, %s) ORDER BY epoch, seq",
+            (shard, old, new),
+        )
+        assert rows == [(old, 1, s) for s in range(1, 6)] + [(new, 65, 1), (new, 65, 2)]
+    finally:
+        conn.close()
