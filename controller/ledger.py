@@ -24,6 +24,15 @@ __all__ = ["CONTROLLER_LOCK", "DbClock", "Ledger", "Request", "Takeover"]
 CONTROLLER_LOCK = 0x636F6F7072_02
 
 
+#: Jobs of a shard left RUNNING in this DC's live tables when the shard changes hands are
+#: another DC's now (its restart request) or ended there: a server here must not resume them
+#: from their earlier life here. 'MOVED' is outside Coopr's job statuses on purpose.
+_RETIRE_RUNNING_JOBS = (
+    "UPDATE coopr_jobs SET status = 'MOVED', updated_at = now()"
+    " WHERE shard = %s AND status = 'RUNNING'"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class DbClock:
     """This database's clock as the controller's monotonic clock sees it, conservatively:
@@ -163,14 +172,65 @@ class Ledger:
                 self._redirect(cur, claim)
             return added
 
-    @staticmethod
-    def _redirect(cur: psycopg2.extensions.cursor, claim: Claim) -> None:
+    def _redirect(self, cur: psycopg2.extensions.cursor, claim: Claim) -> None:
+        """Take another DC's claim for the shard's owner here; when this DC was the owner,
+        seed its replica rows of the shard from its own live rows (:meth:`_seed_replica`)."""
         cur.execute(
-            "UPDATE shard_ownership SET owner_dc = %s, epoch = %s, last_seq = 0,"
+            "WITH old AS (SELECT owner_dc, epoch FROM shard_ownership WHERE shard = %s"
+            " FOR UPDATE)"
+            " UPDATE shard_ownership o SET owner_dc = %s, epoch = %s, last_seq = 0,"
             " writable = false, lease_until = LEAST(lease_until, clock_timestamp()),"
-            " updated_at = now() WHERE shard = %s AND epoch < %s",
-            (claim.to_dc, claim.epoch, claim.shard, claim.epoch),
+            " updated_at = now() FROM old WHERE o.shard = %s AND o.epoch < %s"
+            " RETURNING old.owner_dc, old.epoch",
+            (claim.shard, claim.to_dc, claim.epoch, claim.shard, claim.epoch),
         )
+        row = cur.fetchone()
+        if row is not None and row[0] == self.dc:
+            self._seed_replica(cur, claim.shard, int(row[1]), claim)
+
+    def _seed_replica(
+        self, cur: psycopg2.extensions.cursor, shard: int, epoch: int, claim: Claim
+    ) -> None:
+        """Make this DC's replica view of ``shard`` complete when it stops owning it: its live
+        rows become replica rows at (``epoch``, 0), below every event of a later epoch.
+
+        Left out: clusters with a job in flight (the new owner restarts it and its completion
+        arrives as an event), and clusters an orphan touched (an event beyond the claim's cut
+        of ``epoch``): nothing of an orphan is ever applied, so their replica rows stay as
+        they were until the new owner writes them; ``ownership orphans`` lists them."""
+        if claim.from_epoch != epoch:
+            return  # the claim supersedes a later epoch than this DC's: not its own tail
+        args = {"shard": shard, "epoch": epoch, "cut": claim.cut, "dc": self.dc}
+        cur.execute(
+            "INSERT INTO replica_clusters AS r (cluster_id, shard, source_dc, epoch, seq,"
+            " status, deleted, latest_job_id, body, nodes, occurred_at)"
+            " SELECT c.id, c.shard, %(dc)s, %(epoch)s, 0, c.status, c.status = 'TERMINATED',"
+            " c.latest_job_id, c.body, c.nodes, c.updated_at FROM coopr_clusters c"
+            " WHERE c.shard = %(shard)s AND c.status <> 'PENDING' AND NOT EXISTS ("
+            "   SELECT 1 FROM outbox b WHERE b.shard = c.shard AND b.epoch = %(epoch)s"
+            "   AND b.seq > %(cut)s AND b.event_key = c.id)"
+            " ON CONFLICT (cluster_id) DO UPDATE SET shard = EXCLUDED.shard,"
+            " source_dc = EXCLUDED.source_dc, epoch = EXCLUDED.epoch, seq = EXCLUDED.seq,"
+            " status = EXCLUDED.status, deleted = EXCLUDED.deleted,"
+            " latest_job_id = EXCLUDED.latest_job_id, body = EXCLUDED.body,"
+            " nodes = EXCLUDED.nodes, occurred_at = EXCLUDED.occurred_at, applied_at = now()"
+            " WHERE (r.epoch, r.seq) < (EXCLUDED.epoch, EXCLUDED.seq)",
+            args,
+        )
+        # Jobs that ended here are completed in the replica view too: a later takeover must
+        # not restart them from a checkpoint older than their end.
+        cur.execute(
+            "INSERT INTO replica_checkpoints AS r (job_id, cluster_id, shard, source_dc, epoch,"
+            " seq, completed, payload, occurred_at)"
+            " SELECT j.id, j.cluster_id, j.shard, %(dc)s, %(epoch)s, 0, true, NULL, j.updated_at"
+            " FROM coopr_jobs j WHERE j.shard = %(shard)s AND j.status <> 'RUNNING'"
+            " ON CONFLICT (job_id) DO UPDATE SET completed = true, payload = NULL,"
+            " source_dc = EXCLUDED.source_dc, epoch = EXCLUDED.epoch, seq = EXCLUDED.seq,"
+            " occurred_at = EXCLUDED.occurred_at, applied_at = now()"
+            " WHERE (r.epoch, r.seq) < (EXCLUDED.epoch, EXCLUDED.seq)",
+            args,
+        )
+        cur.execute(_RETIRE_RUNNING_JOBS, (shard,))
 
     def applied_position(self, shard: int) -> tuple[int, int] | None:
         """The (epoch, last seq) this DC's applier reached in ``shard``, if any."""
@@ -234,6 +294,7 @@ class Ledger:
                 (claim.shard,),
             )
             clusters = int(cur.rowcount)
+            cur.execute(_RETIRE_RUNNING_JOBS, (claim.shard,))
             cur.execute(
                 "INSERT INTO restart_requests (job_id, cluster_id, shard, epoch, checkpoint)"
                 " SELECT job_id, cluster_id, shard, %s, payload FROM replica_checkpoints"

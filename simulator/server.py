@@ -470,6 +470,17 @@ class _Simulator:
                 # A create's cluster is new; a restarted job may find its own job running.
                 if current is not None and current[0] == "PENDING" and current[1] != job.id:
                     raise ClusterBusyError(plan.cluster.id, current[1])
+                # A job a takeover left to restart here runs on the cluster too, even before
+                # its first write (when its cluster has no row yet, or the completion of an
+                # earlier job was an orphan): the cluster is busy until it resumed.
+                cur.execute(
+                    "SELECT job_id FROM restart_requests"
+                    " WHERE cluster_id = %s AND resumed_at IS NULL AND job_id <> %s",
+                    (plan.cluster.id, job.id),
+                )
+                waiting = cur.fetchone()
+                if waiting is not None:
+                    raise ClusterBusyError(plan.cluster.id, waiting[0])
             cur.execute(
                 "INSERT INTO coopr_clusters (id, shard, status, latest_job_id, body, nodes)"
                 " VALUES (%s, %s, %s, %s, %s, %s)"

@@ -66,7 +66,7 @@ def workers() -> Iterator[dict[str, list[WorkerProcess]]]:
     yield started
     for procs in started.values():
         for w in procs:
-            if w.proc.poll() is None:
+            if w.proc.poll() is None and w.terminate(60) != 0:
                 w.kill()
 
 
@@ -84,13 +84,18 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
         start(dc, *controller_args(dc))
     for dc in dcs:
         start(dc, "worker", "relay", "--dc", dc, "--poll-interval", "0.2")
-        start(dc, "worker", "applier", "--dc", dc)
+    appliers = [start(dc, "worker", "applier", "--dc", dc) for dc in dcs]
 
     def writable_everywhere() -> bool:
         views = {dc: owners(stack, dc) for dc in dcs}
         return all(views[o][s] == (o, e, True) for s, (o, e, _) in views[dcs[0]].items())
 
     wait_until(writable_everywhere, 60, "every shard writable at its owner")
+    wait_until(
+        lambda: all((a.health() or {}).get("assigned", 0) > 0 for a in appliers),
+        90,
+        "every applier has its partitions",
+    )
     simulators = {
         dc: start(dc, "simulate", "--dc", dc, "--rate", "15", "--duration", "600", "--seed", str(i))
         for i, dc in enumerate(dcs)

@@ -145,6 +145,13 @@ def test_a_takeover_promotes_replica_rows_and_requests_restarts_of_jobs_in_fligh
             " ('j3', 'c2', 0, 'dc1', 1, 7, false, '\\x0102', now()),"
             " ('j9', 'c9', 3, 'dc1', 1, 3, false, '\\x0304', now())"
         )
+        # Left RUNNING here by an earlier ownership of the shard.
+        cur.execute(
+            "INSERT INTO coopr_clusters (id, shard, status, latest_job_id, body, nodes)"
+            " VALUES ('old', 0, 'PENDING', 'jold', '{}', '[]');"
+            "INSERT INTO coopr_jobs (id, cluster_id, shard, action, status, step, body, tasks,"
+            " plan) VALUES ('jold', 'old', 0, 'CLUSTER_CREATE', 'RUNNING', 1, '{}', '[]', '{}')"
+        )
     with pytest.raises(NotOwnerError):
         write(conn, shard)
     taken = claim(shard, 64 + 1, "dc2", cut=7)
@@ -159,9 +166,46 @@ def test_a_takeover_promotes_replica_rows_and_requests_restarts_of_jobs_in_fligh
         cur.execute("SELECT epoch, seq FROM outbox WHERE shard = %s", (shard,))
         assert cur.fetchall() == [(65, 1)], "the new epoch's seqs start at 1"
         cur.execute("SELECT id FROM coopr_clusters WHERE shard = %s ORDER BY id", (shard,))
-        assert [r[0] for r in cur.fetchall()] == ["c1", "c2"]
+        assert [r[0] for r in cur.fetchall()] == ["c1", "c2", "old"]
+        cur.execute("SELECT status FROM coopr_jobs WHERE id = 'jold'")
+        assert cur.fetchall() == [("MOVED",)]
         cur.execute("SELECT job_id, epoch, checkpoint, resumed_at FROM restart_requests")
         assert [(j, e, bytes(c), r) for j, e, c, r in cur.fetchall()] == [
             ("j3", 65, b"\x01\x02", None)
         ]
     assert ledger.take_over(taken, until).restarts == 0, "a takeover happens once"
+
+
+def test_a_demoted_owner_seeds_its_replica_rows_but_not_from_orphans_or_running_jobs(
+    conn: psycopg2.extensions.connection,
+) -> None:
+    ledger = Ledger(conn, "dc2")
+    shard = 1  # dc2's own
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO coopr_clusters (id, shard, status, latest_job_id, body, nodes) VALUES"
+            " ('kept', 1, 'ACTIVE', 'j1', '{\"v\": 1}', '[]'),"
+            " ('busy', 1, 'PENDING', 'j2', '{}', '[]'),"
+            " ('orphaned', 1, 'ACTIVE', 'j3', '{\"v\": 9}', '[]')"
+        )
+        cur.execute(
+            "INSERT INTO coopr_jobs (id, cluster_id, shard, action, status, step, body, tasks,"
+            " plan) VALUES ('j1', 'kept', 1, 'CLUSTER_CREATE', 'COMPLETE', 3, '{}', '[]', '{}'),"
+            " ('j2', 'busy', 1, 'CLUSTER_CREATE', 'RUNNING', 1, '{}', '[]', '{}')"
+        )
+        cur.execute(
+            "INSERT INTO outbox (shard, epoch, seq, event_type, event_key, payload) VALUES"
+            " (1, 1, 7, 'OperationCompleted', 'kept', '\\x00'),"
+            " (1, 1, 8, 'OperationCompleted', 'orphaned', '\\x00')"
+        )
+    ledger.see_claim(claim(shard, 64 + 2, "dc3", cut=7))
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT cluster_id, source_dc, epoch, seq, body FROM replica_clusters")
+        assert cur.fetchall() == [("kept", "dc2", INITIAL_EPOCH, 0, {"v": 1})]
+        cur.execute("SELECT job_id, completed FROM replica_checkpoints")
+        assert cur.fetchall() == [("j1", True)]
+        # Its new owner restarts the running job: never resumed here from its earlier life.
+        cur.execute("SELECT id, status FROM coopr_jobs ORDER BY id")
+        assert cur.fetchall() == [("j1", "COMPLETE"), ("j2", "MOVED")]
+    owner = ledger.ownership()[shard]
+    assert (owner.owner_dc, owner.epoch, owner.writable) == ("dc3", 66, False)
