@@ -347,3 +347,20 @@ class Ledger:
             )
             row = cur.fetchone()
         return int(row[0]) if row else 0
+
+    def exclusions(self) -> set[str]:
+        """DCs a manual failover took out of the majority, not heard again since."""
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "SELECT DISTINCT from_dc FROM ownership_requests WHERE kind = 'failover'"
+                " AND outcome LIKE 'done%%' AND exclusion_ended_at IS NULL"
+            )
+            return {row[0] for row in cur.fetchall()}
+
+    def end_exclusion(self, dc: str) -> None:
+        with self._conn, self._conn.cursor() as cur:
+            cur.execute(
+                "UPDATE ownership_requests SET exclusion_ended_at = now()"
+                " WHERE kind = 'failover' AND from_dc = %s AND exclusion_ended_at IS NULL",
+                (dc,),
+            )

@@ -31,6 +31,8 @@ class Liveness:
     #: its shards over at every restart). Leases rest on echoes only, so this grants none.
     started_at: float = float("-inf")
     controller_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: DCs a manual failover took out of the majority until they are heard again.
+    excluded: set[str] = field(default_factory=set)
     _number: int = 0
     #: When each recent heartbeat number of this instance was sent: what an echo proves.
     _sent: dict[int, float] = field(default_factory=dict)
@@ -133,9 +135,14 @@ class Liveness:
             suspect, self.dc, self.views(), now, self.timeout_s, len(self.dcs)
         )
 
+    def voters(self) -> tuple[str, ...]:
+        """The DCs whose majority leases and fencing count: all but the excluded ones."""
+        return tuple(dc for dc in self.dcs if dc not in self.excluded)
+
     def fenced(self, now: float) -> bool:
-        """True when this DC hears fewer than a majority, itself included."""
-        return len(self.heard(now)) + 1 < majority(len(self.dcs))
+        """True when this DC hears fewer than a majority of the voters, itself included."""
+        voters = self.voters()
+        return len(self.heard(now) & set(voters)) + 1 < majority(len(voters))
 
     def last_heard(self, now: float) -> dict[str, float]:
         """Seconds since each other DC's latest heartbeat arrived."""

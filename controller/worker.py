@@ -240,6 +240,7 @@ class Controller(Closeable):
                 self._leased_dcs.add(dc)
         read_to = self._catch_up_claims(claim_topics)
         self._reload()
+        self.liveness.excluded = self._ledger.exclusions()
         ended = self._ledger.end_static_leases()
         self._started_at = self.liveness.started_at = time.monotonic()
         # Claims go on from where the catch-up stopped: one mirrored in between is not missed.
@@ -345,6 +346,10 @@ class Controller(Closeable):
         if isinstance(event, Heartbeat):
             if self.liveness.receive(event, now):
                 self._leased_dcs.add(event.dc)
+                if event.dc in self.liveness.excluded:
+                    self._ledger.end_exclusion(event.dc)
+                    self.liveness.excluded.discard(event.dc)
+                    self._log.warning("heard again: back in the majority", excluded_dc=event.dc)
                 for p in event.promises:
                     self._book.note(event.dc, p.shard, Promise(p.epoch, p.heard_owner), now)
                     if p.epoch > self._promised(p.shard):
@@ -416,20 +421,11 @@ class Controller(Closeable):
     def _renew(self, now: float) -> None:
         """Extend the lease of every shard this DC owns and has promised nothing above."""
         self._renewed_at = now
-        views, sent_at = self.liveness.views(), self.liveness.sent_at()
         ends: dict[tuple[int, int], float] = {}
         for o in self._owners.values():
             if o.owner_dc != self.config.dc or self._promised(o.shard) > o.epoch:
                 continue
-            end = lease_end(
-                o.shard,
-                o.epoch,
-                self.config.dc,
-                views,
-                sent_at,
-                len(self.config.dcs),
-                self.config.lease_s,
-            )
+            end = self._lease_end(o.shard, o.epoch, now)
             if end is not None:
                 ends[(o.shard, o.epoch)] = end
         if not ends:
@@ -441,6 +437,23 @@ class Controller(Closeable):
             regained = {o.shard for o in self._owners.values() if o.leased} - was
             if regained:
                 self._log.info("leases running", shards=sorted(regained))
+
+    def _lease_end(self, shard: int, epoch: int, now: float) -> float | None:
+        """When this DC's lease on (``shard``, ``epoch``) ends, counting the voters only; a
+        DC left alone by a manual failover supports its lease by itself."""
+        voters = self.liveness.voters()
+        if majority(len(voters)) == 1:
+            return now + self.config.lease_s
+        views = {dc: v for dc, v in self.liveness.views().items() if dc in voters}
+        return lease_end(
+            shard,
+            epoch,
+            self.config.dc,
+            views,
+            self.liveness.sent_at(),
+            len(voters),
+            self.config.lease_s,
+        )
 
     def _act(self, now: float) -> None:
         """Start claims the views call for and move the ones in progress on."""
@@ -578,6 +591,7 @@ class Controller(Closeable):
                     reason=OwnershipChangeReason.MANUAL,
                 )
             outcome = f"done: claiming {len(shards)} shards"
+            self.liveness.excluded.add(gone)
         self._ledger.finish_request(request, outcome)
         self._log.warning("manual failover", from_dc=gone, outcome=outcome)
 
@@ -723,15 +737,7 @@ class Controller(Closeable):
             )
         if ready is None or now < ready or not self._reached(claim):
             return
-        end = lease_end(
-            claim.shard,
-            claim.epoch,
-            self.config.dc,
-            self.liveness.views(),
-            self.liveness.sent_at(),
-            len(self.config.dcs),
-            self.config.lease_s,
-        )
+        end = self._lease_end(claim.shard, claim.epoch, now)
         until = None if end is None else self._ledger.read_clock(time.monotonic).at(end)
         done = self._ledger.take_over(claim, until)
         del self._claiming[claim.shard]

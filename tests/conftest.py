@@ -10,6 +10,8 @@ Every shard of ``stack`` stays with its initial owner at epoch 1 under static ow
 ``failover_stack`` instead, a second 3-DC stack with two replicas per shard
 (``COOPR_TEST_FAILOVER_BASE_PORT``, default 28090; ``COOPR_TEST_FAILOVER_RUN_DIR`` to reuse
 one). Its ownership moves from test to test, so its tests read who owns what first.
+``pair_stack`` is two DCs without a witness (``COOPR_TEST_PAIR_BASE_PORT``, default 27090;
+``COOPR_TEST_PAIR_RUN_DIR``).
 """
 
 from __future__ import annotations
@@ -51,8 +53,11 @@ class RunningStack:
         return self.topology.dc(name)
 
 
+_DEFAULT_PORTS = {"stack": 29090, "failover": 28090, "pair": 27090}
+
+
 def _session_stack(
-    tmp_path_factory: pytest.TempPathFactory, name: str, replicas: int
+    tmp_path_factory: pytest.TempPathFactory, name: str, replicas: int, dcs: int = 3
 ) -> Iterator[RunningStack]:
     prefix = "COOPR_TEST_" + ("" if name == "stack" else name.upper() + "_")
     reuse = os.environ.get(prefix + "RUN_DIR")
@@ -68,9 +73,8 @@ def _session_stack(
         return
     run_dir = tmp_path_factory.mktemp(name)
     topology_file = run_dir / "topology.toml"
-    default = "29090" if name == "stack" else "28090"
-    base_port = int(os.environ.get(prefix + "BASE_PORT", default))
-    topology_file.write_text(local_topology_toml(3, replicas=replicas, base_port=base_port))
+    base_port = int(os.environ.get(prefix + "BASE_PORT", _DEFAULT_PORTS[name]))
+    topology_file.write_text(local_topology_toml(dcs, replicas=replicas, base_port=base_port))
     try:
         up(run_dir, topology_file)
         yield RunningStack(run_dir, topology_file, load_topology(topology_file))
@@ -88,6 +92,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
 def failover_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """3 DCs, two replicas per shard, for tests that run controllers."""
     yield from _session_stack(tmp_path_factory, "failover", replicas=2)
+
+
+@pytest.fixture(scope="session")
+def pair_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """2 DCs and no witness: no majority without both, so failover is the operator's."""
+    yield from _session_stack(tmp_path_factory, "pair", replicas=1, dcs=2)
 
 
 @pytest.fixture(scope="session")
