@@ -245,16 +245,15 @@ def worker_controller(
     lease_s = failure_timeout / 2 if lease is None else lease
     if lease_s >= failure_timeout:
         raise click.UsageError("--lease must be below --failure-timeout")
-    topology, site = data_site(topology_file, dc)
-    if site.witness:
-        raise click.UsageError(
-            f"{dc} is a witness: its controller (promises kept in Kafka) is not built yet"
-        )
+    topology = load_topology(topology_file)
+    site = topology.dc(dc)
+    if not site.witness:
+        check_schema(dc, site.database)
     config = ControllerConfig(
         dc=dc,
         kafka=KafkaSettings(site.kafka, client_id=f"coopr-controller-{dc}"),
         topology=topology,
-        database=site.database,
+        database=None if site.witness else site.database,
         interval_s=interval,
         failure_timeout_s=failure_timeout,
         lease_s=lease_s,

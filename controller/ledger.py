@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import psycopg2.extensions
 from psycopg2.extras import execute_values
@@ -18,7 +19,7 @@ from psycopg2.extras import execute_values
 from controller.protocol import Promise
 from pipeline.ownership import Claim, ShardOwner, read_claims, read_ownership, record_claim
 
-__all__ = ["CONTROLLER_LOCK", "DbClock", "Ledger", "Request", "Takeover"]
+__all__ = ["CONTROLLER_LOCK", "DbClock", "Ledger", "OwnershipStore", "Request", "Takeover"]
 
 #: Advisory lock key that makes one controller per DC the active one (the relay's is 1).
 CONTROLLER_LOCK = 0x636F6F7072_02
@@ -69,8 +70,25 @@ class Request:
     started: bool
 
 
+class OwnershipStore(Protocol):
+    """What every controller keeps, a witness's included: ownership as it applies it, its
+    promises, the claims it saw, the voters it left out, the operators' requests."""
+
+    def try_lock(self) -> bool: ...
+    def ownership(self) -> dict[int, ShardOwner]: ...
+    def promises(self) -> dict[int, Promise]: ...
+    def claims(self) -> dict[int, Claim]: ...
+    def end_static_leases(self) -> int: ...
+    def exclusions(self) -> set[str]: ...
+    def end_exclusion(self, dc: str) -> None: ...
+    def open_requests(self) -> list[Request]: ...
+    def promise(self, shard: int, epoch: int, heard_owner: bool) -> bool: ...
+    def see_claim(self, claim: Claim) -> bool: ...
+
+
 class Ledger:
-    """The ownership tables of one DC, through one connection (not thread-safe)."""
+    """The ownership tables of one data DC, through one connection (not thread-safe); an
+    :class:`OwnershipStore`, with the data DC's own operations besides."""
 
     def __init__(self, conn: psycopg2.extensions.connection, dc: str):
         self._conn = conn

@@ -47,7 +47,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Gauge
 
 from controller.claims import Claiming, Phase, PromiseBook, drained
-from controller.ledger import Ledger, Request
+from controller.ledger import Ledger, OwnershipStore, Request
 from controller.liveness import Liveness
 from controller.protocol import (
     Promise,
@@ -57,10 +57,12 @@ from controller.protocol import (
     next_epoch,
     owner_ready_at,
 )
+from controller.report import latest_heartbeats
+from controller.witness import WitnessStore
 from pipeline.admin import end_offsets
 from pipeline.codec import decode, encode
 from pipeline.db import connect
-from pipeline.errors import CodecError, UnreachableError, first_line
+from pipeline.errors import CodecError, PipelineError, UnreachableError, first_line
 from pipeline.events import (
     Heartbeat,
     OwnershipChange,
@@ -115,8 +117,9 @@ class ControllerConfig:
     dc: str
     kafka: KafkaSettings
     topology: Topology
-    #: libpq DSN of this DC's database.
-    database: str
+    #: libpq DSN of this DC's database; None for a witness, which keeps its promises in
+    #: its own heartbeats (``controller/witness.py``).
+    database: str | None
     interval_s: float = 1.0
     failure_timeout_s: float = 10.0
     lease_s: float = 5.0
@@ -141,8 +144,9 @@ class Controller(Closeable):
         )
         self._consumer = Consumer(config.kafka.consumer(f"coopr-controller-{config.dc}"))
         self._admin = AdminClient(config.kafka.admin())
-        self._conn = connect(config.database)
-        self._ledger = Ledger(self._conn, config.dc)
+        self._conn = None if config.database is None else connect(config.database)
+        self._ledger = None if self._conn is None else Ledger(self._conn, config.dc)
+        self._store: OwnershipStore = self._ledger or WitnessStore(config.dc, config.topology)
         self._labels = {"dc": config.dc}
         self._log = log.bind(dc=config.dc, controller_id=self.liveness.controller_id)
         self._index = config.dcs.index(config.dc)
@@ -163,7 +167,15 @@ class Controller(Closeable):
     def close(self) -> None:
         self._consumer.close()
         self._producer.flush(self.config.interval_s)
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
+
+    def _data(self) -> Ledger:
+        """This data DC's database; a witness never gets here: it owns, claims and takes
+        over nothing, and takes no operator's requests."""
+        if self._ledger is None:
+            raise PipelineError(f"{self.config.dc} is a witness: it has no database")
+        return self._ledger
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy unless fenced or failing; lists the DCs heard and suspected, the shards
@@ -204,7 +216,7 @@ class Controller(Closeable):
             ) from None
 
     def _run(self) -> None:
-        while not self._ledger.try_lock():
+        while not self._store.try_lock():
             if self.stop.wait(self.config.interval_s):
                 return
         self.active = True
@@ -238,10 +250,17 @@ class Controller(Closeable):
         for dc in others:
             if self._has_heartbeats(dc):
                 self._leased_dcs.add(dc)
+        if isinstance(self._store, WitnessStore):
+            mine = latest_heartbeats(self.config.kafka, self.config.topology, self.config.dc)
+            if self.config.dc in mine:
+                self._store.recover(
+                    (p.shard, Promise(p.epoch, p.heard_owner))
+                    for p in mine[self.config.dc].promises
+                )
         read_to = self._catch_up_claims(claim_topics)
         self._reload()
-        self.liveness.excluded = self._ledger.exclusions()
-        ended = self._ledger.end_static_leases()
+        self.liveness.excluded = self._store.exclusions()
+        ended = self._store.end_static_leases()
         self._started_at = self.liveness.started_at = time.monotonic()
         # Claims go on from where the catch-up stopped: one mirrored in between is not missed.
         self._consumer.assign(
@@ -298,9 +317,9 @@ class Controller(Closeable):
         return read_to
 
     def _reload(self) -> None:
-        self._owners = self._ledger.ownership()
-        self._promises = self._ledger.promises()
-        self._claims = self._ledger.claims()
+        self._owners = self._store.ownership()
+        self._promises = self._store.promises()
+        self._claims = self._store.claims()
         mine = [o for o in self._owners.values() if o.owner_dc == self.config.dc]
         OWNED.labels(**self._labels).set(len(mine))
         LEASED.labels(**self._labels).set(sum(1 for o in mine if o.writable and o.leased))
@@ -347,7 +366,7 @@ class Controller(Closeable):
             if self.liveness.receive(event, now):
                 self._leased_dcs.add(event.dc)
                 if event.dc in self.liveness.excluded:
-                    self._ledger.end_exclusion(event.dc)
+                    self._store.end_exclusion(event.dc)
                     self.liveness.excluded.discard(event.dc)
                     self._log.warning("heard again: back in the majority", excluded_dc=event.dc)
                 for p in event.promises:
@@ -393,7 +412,7 @@ class Controller(Closeable):
             or owner.owner_dc in self.liveness.heard(now)
             or now - self._started_at < self.config.failure_timeout_s
         )
-        if self._ledger.promise(shard, epoch, heard_owner):
+        if self._store.promise(shard, epoch, heard_owner):
             self._log.info("promised", shard=shard, epoch=epoch, heard_owner=heard_owner)
         mine = self._claiming.get(shard)
         if mine is not None and (mine.claim is None or mine.claim.epoch < epoch):
@@ -403,7 +422,7 @@ class Controller(Closeable):
         self._book.note(self.config.dc, shard, self._promises[shard], now)
 
     def _see_claim(self, claim: Claim, now: float) -> None:
-        if self._ledger.see_claim(claim):
+        if self._store.see_claim(claim):
             self._log.info(
                 "claim seen",
                 shard=claim.shard,
@@ -430,8 +449,8 @@ class Controller(Closeable):
                 ends[(o.shard, o.epoch)] = end
         if not ends:
             return
-        clock = self._ledger.read_clock(time.monotonic)
-        if self._ledger.renew({key: clock.at(end) for key, end in ends.items()}):
+        clock = self._data().read_clock(time.monotonic)
+        if self._data().renew({key: clock.at(end) for key, end in ends.items()}):
             was = {o.shard for o in self._owners.values() if o.leased}
             self._reload()
             regained = {o.shard for o in self._owners.values() if o.leased} - was
@@ -473,7 +492,7 @@ class Controller(Closeable):
                 "owner suspected by a majority: claiming", shard=shard, owner=owner.owner_dc
             )
         self._resume_claims(now)
-        for request in self._ledger.open_requests():
+        for request in self._store.open_requests():
             if request.kind == "move":
                 self._move(request, now)
             else:
@@ -495,29 +514,29 @@ class Controller(Closeable):
         if not request.started:
             refusal = self._move_refusal(shard, target, owner, now)
             if refusal is not None:
-                self._ledger.finish_request(request, f"refused: {refusal}")
+                self._data().finish_request(request, f"refused: {refusal}")
                 self._log.warning("move refused", shard=shard, to_dc=target, reason=refusal)
                 return
-            self._ledger.set_writable(shard, False)
-            self._ledger.start_request(request)
+            self._data().set_writable(shard, False)
+            self._data().start_request(request)
             self._log.info("moving", shard=shard, to_dc=target)
         elif owner is None or owner.owner_dc != self.config.dc:
             # Started by a predecessor of this controller, which was stopped after the claim.
             moved = owner is not None and owner.owner_dc == target
-            self._ledger.finish_request(request, "done" if moved else "refused: ownership moved")
+            self._data().finish_request(request, "done" if moved else "refused: ownership moved")
             return
         started = self._moves.setdefault(request.id, now)
         assert owner is not None
-        if self._ledger.unpublished(shard, owner.epoch):
+        if self._data().unpublished(shard, owner.epoch):
             if now - started > _MOVE_FLUSH_S:
-                self._ledger.set_writable(shard, True)
-                self._ledger.finish_request(
+                self._data().set_writable(shard, True)
+                self._data().finish_request(
                     request,
                     f"refused: the relay did not publish shard {shard} in {_MOVE_FLUSH_S:g} s",
                 )
                 del self._moves[request.id]
             return
-        last_seq = self._ledger.last_seqs()[shard]
+        last_seq = self._data().last_seqs()[shard]
         claim = Claim(
             shard=shard,
             epoch=next_epoch(
@@ -532,9 +551,9 @@ class Controller(Closeable):
             event_id=str(uuid.uuid4()),
             claimed_at=datetime.now(UTC),
         )
-        self._ledger.claim([(claim, True)])
+        self._data().claim([(claim, True)])
         self._publish_claims([claim])
-        self._ledger.finish_request(request, "done")
+        self._data().finish_request(request, "done")
         del self._moves[request.id]
         self._reload()
         self._log.warning(
@@ -592,7 +611,7 @@ class Controller(Closeable):
                 )
             outcome = f"done: claiming {len(shards)} shards"
             self.liveness.excluded.add(gone)
-        self._ledger.finish_request(request, outcome)
+        self._data().finish_request(request, outcome)
         self._log.warning("manual failover", from_dc=gone, outcome=outcome)
 
     def _resume_claims(self, now: float) -> None:
@@ -626,7 +645,7 @@ class Controller(Closeable):
         planned move, once the last events arrived)."""
         if claim.cut == 0:
             return True
-        position = self._ledger.applied_position(claim.shard)
+        position = self._data().applied_position(claim.shard)
         return position is not None and position >= (claim.from_epoch, claim.cut)
 
     def _claimable(self, owner: ShardOwner, suspected: frozenset[str], now: float) -> bool:
@@ -656,7 +675,7 @@ class Controller(Closeable):
             for c in draining
             if drained(
                 c,
-                self._ledger.applied_offset(topics[c.shard]) or 0,
+                self._data().applied_offset(topics[c.shard]) or 0,
                 ends.get(topics[c.shard], sys.maxsize),
                 now,
                 self.config.interval_s,
@@ -670,7 +689,7 @@ class Controller(Closeable):
         made: list[tuple[Claim, bool]] = []
         for claiming in drained_now:
             shard = claiming.shard
-            position = self._ledger.applied_position(shard)
+            position = self._data().applied_position(shard)
             cut = position[1] if position is not None and position[0] == claiming.from_epoch else 0
             seen = [
                 claiming.from_epoch,
@@ -691,7 +710,7 @@ class Controller(Closeable):
             )
             made.append((claim, claiming.from_dc in heard))
             claiming.claim, claiming.claimed_at, claiming.phase = claim, now, Phase.PROMISING
-        self._ledger.claim(made)
+        self._data().claim(made)
         self._publish_claims([claim for claim, _ in made])
         for claim, heard_owner in made:
             self._book.note(self.config.dc, claim.shard, Promise(claim.epoch, heard_owner), now)
@@ -738,8 +757,8 @@ class Controller(Closeable):
         if ready is None or now < ready or not self._reached(claim):
             return
         end = self._lease_end(claim.shard, claim.epoch, now)
-        until = None if end is None else self._ledger.read_clock(time.monotonic).at(end)
-        done = self._ledger.take_over(claim, until)
+        until = None if end is None else self._data().read_clock(time.monotonic).at(end)
+        done = self._data().take_over(claim, until)
         del self._claiming[claim.shard]
         self._reload()
         TAKEOVERS.labels(**self._labels).inc()

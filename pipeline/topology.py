@@ -9,7 +9,8 @@ The file is TOML::
     name = "dc1"
     kafka = "127.0.0.1:19092"                                  # bootstrap servers
     database = "postgresql://postgres@127.0.0.1:15432/coopr"   # libpq DSN
-    # witness = true      # a controller-only DC: no shards, counts towards a majority
+    # witness = true      # a controller-only DC: no shards, no database (leave it out),
+    #                     # counts towards a majority
 
 Everything else is derived, deterministically, from the order of the ``[[dc]]`` entries:
 shard ``s`` is first owned by data DC ``s mod n`` and replicated to the next ``replicas``
@@ -212,14 +213,14 @@ def _parse_dc(
         _HOST_PORT.fullmatch(s.strip()) for s in kafka.split(",")
     ):
         raise fail(f"must be host:port[,host:port...], not {kafka!r}", "kafka")
-    database = entry.get("database")
-    if not isinstance(database, str) or urlsplit(database).scheme not in (
-        "postgresql",
-        "postgres",
-    ):
-        shown = redact_dsn(database) if isinstance(database, str) else database
-        raise fail(f"must be a postgresql:// DSN, not {shown!r}", "database")
     witness = entry.get("witness", False)
     if not isinstance(witness, bool):
         raise fail(f"must be true or false, not {witness!r}", "witness")
+    # A witness has no database: its DSN may be left out (and is never used).
+    database = entry.get("database", "" if witness else None)
+    if not (witness and database == "") and (
+        not isinstance(database, str) or urlsplit(database).scheme not in ("postgresql", "postgres")
+    ):
+        shown = redact_dsn(database) if isinstance(database, str) else database
+        raise fail(f"must be a postgresql:// DSN, not {shown!r}", "database")
     return DataCenter(name=name, kafka=kafka, database=database, witness=witness)

@@ -11,7 +11,8 @@ Every shard of ``stack`` stays with its initial owner at epoch 1 under static ow
 (``COOPR_TEST_FAILOVER_BASE_PORT``, default 28090; ``COOPR_TEST_FAILOVER_RUN_DIR`` to reuse
 one). Its ownership moves from test to test, so its tests read who owns what first.
 ``pair_stack`` is two DCs without a witness (``COOPR_TEST_PAIR_BASE_PORT``, default 27090;
-``COOPR_TEST_PAIR_RUN_DIR``).
+``COOPR_TEST_PAIR_RUN_DIR``), ``witness_stack`` two data DCs and a witness (26090,
+``COOPR_TEST_WITNESS_*``).
 """
 
 from __future__ import annotations
@@ -53,11 +54,15 @@ class RunningStack:
         return self.topology.dc(name)
 
 
-_DEFAULT_PORTS = {"stack": 29090, "failover": 28090, "pair": 27090}
+_DEFAULT_PORTS = {"stack": 29090, "failover": 28090, "pair": 27090, "witness": 26090}
 
 
 def _session_stack(
-    tmp_path_factory: pytest.TempPathFactory, name: str, replicas: int, dcs: int = 3
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    replicas: int,
+    dcs: int = 3,
+    witnesses: int = 0,
 ) -> Iterator[RunningStack]:
     prefix = "COOPR_TEST_" + ("" if name == "stack" else name.upper() + "_")
     reuse = os.environ.get(prefix + "RUN_DIR")
@@ -74,7 +79,9 @@ def _session_stack(
     run_dir = tmp_path_factory.mktemp(name)
     topology_file = run_dir / "topology.toml"
     base_port = int(os.environ.get(prefix + "BASE_PORT", _DEFAULT_PORTS[name]))
-    topology_file.write_text(local_topology_toml(dcs, replicas=replicas, base_port=base_port))
+    topology_file.write_text(
+        local_topology_toml(dcs, replicas=replicas, base_port=base_port, witnesses=witnesses)
+    )
     try:
         up(run_dir, topology_file)
         yield RunningStack(run_dir, topology_file, load_topology(topology_file))
@@ -98,6 +105,12 @@ def failover_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
 def pair_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
     """2 DCs and no witness: no majority without both, so failover is the operator's."""
     yield from _session_stack(tmp_path_factory, "pair", replicas=1, dcs=2)
+
+
+@pytest.fixture(scope="session")
+def witness_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    """2 data DCs and a witness: a majority of three without either data DC."""
+    yield from _session_stack(tmp_path_factory, "witness", replicas=1, dcs=3, witnesses=1)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,25 +20,17 @@ from pipeline.ownership import INITIAL_EPOCH
 from pipeline.stack.links import heal, partition
 from pipeline.stack.orchestrator import kill_dc, start_dc
 from tests.conftest import RunningStack
+from tests.ownership_helpers import (
+    TIMEOUT_S,
+    controller,
+    hears_all,
+    ownership,
+    wait_until,
+    writable_everywhere,
+)
 from tests.workers import WorkerProcess
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
-TIMEOUT_S = 6.0
-
-
-def controller(stack: RunningStack, dc: str) -> WorkerProcess:
-    return WorkerProcess(
-        stack.topology_file,
-        "worker",
-        "controller",
-        "--dc",
-        dc,
-        "--interval",
-        "0.5",
-        "--failure-timeout",
-        str(TIMEOUT_S),
-    )
 
 
 @pytest.fixture
@@ -53,45 +45,6 @@ def controllers(stack: RunningStack) -> Iterator[dict[str, WorkerProcess]]:
     for worker in started.values():
         if worker.proc.poll() is None:
             worker.kill()
-
-
-Ownership = dict[int, tuple[str, int, bool]]
-
-
-def ownership(stack: RunningStack, dc: str) -> Ownership:
-    """Per shard, as ``dc``'s database has it: owner, epoch, and whether it accepts writes."""
-    rows = fetch_all(
-        stack.dc(dc).database,
-        "SELECT shard, owner_dc, epoch, writable AND lease_until > clock_timestamp()"
-        " FROM shard_ownership",
-    )
-    return {s: (owner, epoch, ok) for s, owner, epoch, ok in rows}
-
-
-def writable_everywhere(stack: RunningStack) -> bool:
-    """Every shard accepts writes at its owner, as the owner sees it."""
-    views = {dc.name: ownership(stack, dc.name) for dc in stack.topology.dcs}
-    return all(
-        views[owner][s] == (owner, epoch, True) for s, (owner, epoch, _) in views["dc1"].items()
-    )
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout_s, f"not within {timeout_s} s: {what}"
-        time.sleep(0.2)
-    return time.monotonic() - start
-
-
-def hears_all(controllers: dict[str, WorkerProcess]) -> bool:
-    for dc, worker in controllers.items():
-        health = worker.health() or {}
-        if health.get("starting", True):
-            return False  # a controller that just started counts every DC as heard
-        if sorted(health.get("heard", [])) != sorted(d for d in controllers if d != dc):
-            return False
-    return True
 
 
 def test_a_dc_cut_off_is_suspected_by_the_others_and_fences_itself(

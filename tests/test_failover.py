@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,35 +22,14 @@ import pytest
 from pipeline.db import fetch_all
 from pipeline.stack.orchestrator import kill_dc, start_dc
 from tests.conftest import RunningStack
+from tests.ownership_helpers import TIMEOUT_S, ownership, wait_until, writable_everywhere
 from tests.workers import WorkerProcess
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
-TIMEOUT_S = 6.0
-
 
 def rows(dsn: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
     return fetch_all(dsn, sql, args)
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout_s, f"not within {timeout_s} s: {what}"
-        time.sleep(0.2)
-    return time.monotonic() - start
-
-
-def owners(stack: RunningStack, dc: str) -> dict[int, tuple[str, int, bool]]:
-    """Per shard as ``dc``'s database has it: owner, epoch, whether it accepts writes."""
-    return {
-        s: (o, e, ok)
-        for s, o, e, ok in rows(
-            stack.dc(dc).database,
-            "SELECT shard, owner_dc, epoch, writable AND lease_until > clock_timestamp()"
-            " FROM shard_ownership",
-        )
-    }
 
 
 def controller_args(dc: str) -> tuple[str, ...]:
@@ -86,11 +65,7 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
         start(dc, "worker", "relay", "--dc", dc, "--poll-interval", "0.2")
     appliers = [start(dc, "worker", "applier", "--dc", dc) for dc in dcs]
 
-    def writable_everywhere() -> bool:
-        views = {dc: owners(stack, dc) for dc in dcs}
-        return all(views[o][s] == (o, e, True) for s, (o, e, _) in views[dcs[0]].items())
-
-    wait_until(writable_everywhere, 60, "every shard writable at its owner")
+    wait_until(lambda: writable_everywhere(stack), 60, "every shard writable at its owner")
     wait_until(
         lambda: all((a.health() or {}).get("assigned", 0) > 0 for a in appliers),
         90,
@@ -102,7 +77,7 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
     }
     time.sleep(8)
 
-    before = owners(stack, dcs[0])
+    before = ownership(stack, dcs[0])
     counts = {dc: sum(1 for o, _, _ in before.values() if o == dc) for dc in dcs}
     victim = max(sorted(counts), key=lambda dc: counts[dc])
     survivors = [dc for dc in dcs if dc != victim]
@@ -123,7 +98,7 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
     try:
 
         def taken_over() -> bool:
-            views = {dc: owners(stack, dc) for dc in survivors}
+            views = {dc: ownership(stack, dc) for dc in survivors}
             for s in moved:
                 owner, epoch, _ = views[survivors[0]][s]
                 if owner == victim or views[owner][s] != (owner, epoch, True):
@@ -134,7 +109,7 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
 
         wait_until(taken_over, TIMEOUT_S + 15, f"the shards of {victim} taken over")
         took = time.monotonic() - killed_at
-        after = owners(stack, survivors[0])
+        after = ownership(stack, survivors[0])
 
         # Every job in flight in the moved shards is restarted at the new owner and ends.
         requested = {
@@ -224,7 +199,9 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
     # The victim comes back: demoted; its orphans are its rows beyond the cuts.
     workers[victim] = [WorkerProcess(stack.topology_file, *controller_args(victim))]
     wait_until(
-        lambda: all(owners(stack, victim)[s] == (after[s][0], after[s][1], False) for s in moved),
+        lambda: all(
+            ownership(stack, victim)[s] == (after[s][0], after[s][1], False) for s in moved
+        ),
         60,
         f"{victim} demoted",
     )

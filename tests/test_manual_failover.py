@@ -8,48 +8,27 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from bench.load import event_for
-from pipeline.db import connect, fetch_all
+from pipeline.db import connect
 from pipeline.stack.orchestrator import kill_dc, start_dc
 from producer.outbox import publish
 from tests.conftest import RunningStack
 from tests.outbox_helpers import cluster_ids_of
+from tests.ownership_helpers import (
+    TIMEOUT_S,
+    controller,
+    hears_all,
+    ownership,
+    wait_until,
+    writable_everywhere,
+)
 from tests.workers import WorkerProcess
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
-
-TIMEOUT_S = 6.0
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout_s, f"not within {timeout_s} s: {what}"
-        time.sleep(0.2)
-    return time.monotonic() - start
-
-
-def owners(stack: RunningStack, dc: str) -> dict[int, tuple[str, bool]]:
-    return {
-        s: (o, ok)
-        for s, o, ok in fetch_all(
-            stack.dc(dc).database,
-            "SELECT shard, owner_dc, writable AND lease_until > clock_timestamp()"
-            " FROM shard_ownership",
-        )
-    }
-
-
-def controller(stack: RunningStack, dc: str) -> WorkerProcess:
-    return WorkerProcess(
-        stack.topology_file,
-        *("worker", "controller", "--dc", dc, "--interval", "0.5"),
-        *("--failure-timeout", str(TIMEOUT_S)),
-    )
 
 
 def cli(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -75,15 +54,13 @@ def test_two_dcs_fail_over_only_by_the_operators_decision(
 ) -> None:
     stack = pair_stack
 
-    def all_writable() -> bool:
-        views = {dc: owners(stack, dc) for dc in controllers}
-        return all(views[o][s] == (o, True) for s, (o, _) in views["dc1"].items())
-
-    wait_until(all_writable, 60, "every shard writable at its owner")
-    view = owners(stack, "dc1")
-    survivor = view[0][0]
-    lost = next(dc for dc in controllers if dc != survivor)
-    theirs = sorted(s for s, (o, _) in view.items() if o == lost)
+    wait_until(lambda: hears_all(controllers), 60, "both controllers hear each other")
+    wait_until(lambda: writable_everywhere(stack), 60, "every shard writable at its owner")
+    view = ownership(stack, "dc1")
+    counts = {dc: sum(1 for o, _, _ in view.values() if o == dc) for dc in controllers}
+    lost = max(sorted(counts), key=lambda dc: counts[dc])
+    survivor = next(dc for dc in controllers if dc != lost)
+    theirs = sorted(s for s, (o, _, _) in view.items() if o == lost)
     assert theirs, view
 
     controllers[lost].kill()
@@ -92,17 +69,17 @@ def test_two_dcs_fail_over_only_by_the_operators_decision(
         # No majority without the lost DC: nothing moves, and the survivor fences itself.
         controllers[survivor].wait_health("fenced", True, TIMEOUT_S + 5)
         time.sleep(3)
-        after = owners(stack, survivor)
+        after = ownership(stack, survivor)
         assert all(after[s][0] == lost for s in theirs), "moved without the operator"
-        assert not any(ok for _, ok in after.values()), "a fenced DC kept a lease"
+        assert not any(ok for _, _, ok in after.values()), "a fenced DC kept a lease"
 
         refused = cli(stack, "ownership", "failover", "--from", lost)
         assert refused.returncode == 2 and "--yes" in refused.stderr
         done = cli(stack, "ownership", "failover", "--from", lost, "--yes", "--timeout", "60")
         assert done.returncode == 0, done.stderr
         print(done.stdout.strip().splitlines()[-1])
-        final = owners(stack, survivor)
-        assert all(final[s] == (survivor, True) for s in final), final
+        final = ownership(stack, survivor)
+        assert all(final[s][::2] == (survivor, True) for s in final), final
         # The survivor writes alone, a moved shard included.
         conn = connect(stack.dc(survivor).database)
         try:
@@ -115,7 +92,7 @@ def test_two_dcs_fail_over_only_by_the_operators_decision(
         start_dc(stack.run_dir, lost)
     controllers[lost] = controller(stack, lost)
     wait_until(
-        lambda: all(owners(stack, lost)[s] == (survivor, False) for s in theirs),
+        lambda: all(ownership(stack, lost)[s][::2] == (survivor, False) for s in theirs),
         60,
         f"{lost} demoted",
     )
@@ -126,6 +103,6 @@ def test_two_dcs_fail_over_only_by_the_operators_decision(
         "the survivor no longer fenced",
     )
     time.sleep(2 * TIMEOUT_S / 2)
-    assert all(ok for _, ok in owners(stack, survivor).values())
+    assert all(ok for _, _, ok in ownership(stack, survivor).values())
     for worker in controllers.values():
         assert worker.terminate() == 0, worker.output()[-2000:]

@@ -98,9 +98,15 @@ def check_layout(topology: Topology) -> None:
 
 
 def local_topology_toml(
-    dcs: int = 3, *, shard_count: int = 16, replicas: int = 1, base_port: int = DEFAULT_BASE_PORT
+    dcs: int = 3,
+    *,
+    shard_count: int = 16,
+    replicas: int = 1,
+    base_port: int = DEFAULT_BASE_PORT,
+    witnesses: int = 0,
 ) -> str:
-    """The topology file of a local stack of ``dcs`` data DCs on loopback."""
+    """The topology file of a local stack of ``dcs`` DCs on loopback, the last ``witnesses``
+    of them witnesses (a broker and a controller, no database)."""
     lines = [
         "# Local multi-DC stack: every DC on 127.0.0.1 (see pipeline/stack/layout.py for ports).",
         f"shard_count = {shard_count}",
@@ -108,11 +114,9 @@ def local_topology_toml(
     ]
     for i in range(dcs):
         port = base_port + 10 * i
-        lines += [
-            "",
-            "[[dc]]",
-            f'name = "dc{i + 1}"',
-            f'kafka = "127.0.0.1:{port}"',
-            f'database = "postgresql://postgres@127.0.0.1:{port + 5}/coopr"',
-        ]
+        lines += ["", "[[dc]]", f'name = "dc{i + 1}"', f'kafka = "127.0.0.1:{port}"']
+        if i >= dcs - witnesses:
+            lines.append("witness = true")
+        else:
+            lines.append(f'database = "postgresql://postgres@127.0.0.1:{port + 5}/coopr"')
     return "\n".join(lines) + "\n"

@@ -1,0 +1,65 @@
+"""What the ownership tests share: controllers as subprocesses, ownership as one DC's database
+has it, and a bounded wait."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pipeline.db import fetch_all
+from tests.conftest import RunningStack
+from tests.workers import WorkerProcess
+
+#: The failure timeout the tests' controllers run with, in seconds (default 10).
+TIMEOUT_S = 6.0
+
+#: Per shard: owner, epoch, and whether it accepts writes (writable under a running lease).
+Ownership = dict[int, tuple[str, int, bool]]
+
+
+def controller(stack: RunningStack, dc: str) -> WorkerProcess:
+    """``worker controller`` of ``dc``: heartbeats every 0.5 s, :data:`TIMEOUT_S`."""
+    return WorkerProcess(
+        stack.topology_file,
+        *("worker", "controller", "--dc", dc, "--interval", "0.5"),
+        *("--failure-timeout", str(TIMEOUT_S)),
+    )
+
+
+def ownership(stack: RunningStack, dc: str) -> Ownership:
+    """Every shard as ``dc``'s database has it."""
+    rows = fetch_all(
+        stack.dc(dc).database,
+        "SELECT shard, owner_dc, epoch, writable AND lease_until > clock_timestamp()"
+        " FROM shard_ownership",
+    )
+    return {s: (owner, epoch, ok) for s, owner, epoch, ok in rows}
+
+
+def writable_everywhere(stack: RunningStack) -> bool:
+    """Every shard accepts writes at its owner, as the owner sees it."""
+    data = [dc.name for dc in stack.topology.data_dcs]
+    views = {dc: ownership(stack, dc) for dc in data}
+    return all(
+        views[owner][s] == (owner, epoch, True) for s, (owner, epoch, _) in views[data[0]].items()
+    )
+
+
+def hears_all(controllers: dict[str, WorkerProcess]) -> bool:
+    """Every controller is past its start and hears every other DC."""
+    for dc, worker in controllers.items():
+        health = worker.health() or {}
+        if health.get("starting", True):
+            return False  # a controller that just started counts every DC as heard
+        if sorted(health.get("heard", [])) != sorted(d for d in controllers if d != dc):
+            return False
+    return True
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
+    """Poll ``check`` every 0.2 s until it holds; seconds taken. Fails after ``timeout_s``."""
+    start = time.monotonic()
+    while not check():
+        assert time.monotonic() - start < timeout_s, f"not within {timeout_s} s: {what}"
+        time.sleep(0.2)
+    return time.monotonic() - start
