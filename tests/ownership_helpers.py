@@ -4,7 +4,8 @@ has it, and a bounded wait."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from pipeline.db import fetch_all
 from tests.conftest import RunningStack
@@ -26,6 +27,18 @@ def controller(stack: RunningStack, dc: str) -> WorkerProcess:
     )
 
 
+@contextmanager
+def controllers_of(stack: RunningStack) -> Iterator[dict[str, WorkerProcess]]:
+    """A controller in every DC of ``stack``; those still running at the end are killed."""
+    started = {dc.name: controller(stack, dc.name) for dc in stack.topology.dcs}
+    try:
+        yield started
+    finally:
+        for worker in started.values():
+            if worker.proc.poll() is None:
+                worker.kill()
+
+
 def ownership(stack: RunningStack, dc: str) -> Ownership:
     """Every shard as ``dc``'s database has it."""
     rows = fetch_all(
@@ -43,6 +56,21 @@ def writable_everywhere(stack: RunningStack) -> bool:
     return all(
         views[owner][s] == (owner, epoch, True) for s, (owner, epoch, _) in views[data[0]].items()
     )
+
+
+def taken_over(
+    stack: RunningStack, survivors: Sequence[str], moved: Sequence[int], victim: str
+) -> bool:
+    """Every shard of ``moved`` is writable at a new owner other than ``victim``, and every
+    survivor agrees on that owner and epoch."""
+    views = {dc: ownership(stack, dc) for dc in survivors}
+    for s in moved:
+        owner, epoch, _ = views[survivors[0]][s]
+        if owner == victim or views[owner][s] != (owner, epoch, True):
+            return False
+        if any(views[dc][s][:2] != (owner, epoch) for dc in survivors):
+            return False
+    return True
 
 
 def hears_all(controllers: dict[str, WorkerProcess]) -> bool:

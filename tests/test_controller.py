@@ -23,8 +23,10 @@ from tests.conftest import RunningStack
 from tests.ownership_helpers import (
     TIMEOUT_S,
     controller,
+    controllers_of,
     hears_all,
     ownership,
+    taken_over,
     wait_until,
     writable_everywhere,
 )
@@ -40,11 +42,8 @@ def stack(failover_stack: RunningStack) -> RunningStack:
 
 @pytest.fixture
 def controllers(stack: RunningStack) -> Iterator[dict[str, WorkerProcess]]:
-    started = {dc.name: controller(stack, dc.name) for dc in stack.topology.dcs}
-    yield started
-    for worker in started.values():
-        if worker.proc.poll() is None:
-            worker.kill()
+    with controllers_of(stack) as started:
+        yield started
 
 
 def test_a_dc_cut_off_is_suspected_by_the_others_and_fences_itself(
@@ -100,17 +99,11 @@ def test_a_killed_dc_loses_its_shards_to_their_first_live_replica_and_is_demoted
     try:
         survivors = [dc for dc in controllers if dc != victim]
 
-        def taken_over() -> bool:
-            views = {dc: ownership(stack, dc) for dc in survivors}
-            for s in moved:
-                owner, epoch, _ = views[survivors[0]][s]
-                if owner == victim or views[owner][s] != (owner, epoch, True):
-                    return False
-                if any(views[dc][s][:2] != (owner, epoch) for dc in survivors):
-                    return False
-            return True
-
-        wait_until(taken_over, TIMEOUT_S + 15, f"the shards of {victim} taken over")
+        wait_until(
+            lambda: taken_over(stack, survivors, moved, victim),
+            TIMEOUT_S + 15,
+            f"the shards of {victim} taken over",
+        )
         took = time.monotonic() - killed_at
         after = ownership(stack, survivors[0])
         for s in moved:

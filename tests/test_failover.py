@@ -22,7 +22,13 @@ import pytest
 from pipeline.db import fetch_all
 from pipeline.stack.orchestrator import kill_dc, start_dc
 from tests.conftest import RunningStack
-from tests.ownership_helpers import TIMEOUT_S, ownership, wait_until, writable_everywhere
+from tests.ownership_helpers import (
+    TIMEOUT_S,
+    ownership,
+    taken_over,
+    wait_until,
+    writable_everywhere,
+)
 from tests.workers import WorkerProcess
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -96,18 +102,11 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
         w.kill()
     kill_dc(stack.run_dir, victim)
     try:
-
-        def taken_over() -> bool:
-            views = {dc: ownership(stack, dc) for dc in survivors}
-            for s in moved:
-                owner, epoch, _ = views[survivors[0]][s]
-                if owner == victim or views[owner][s] != (owner, epoch, True):
-                    return False
-                if any(views[dc][s][:2] != (owner, epoch) for dc in survivors):
-                    return False
-            return True
-
-        wait_until(taken_over, TIMEOUT_S + 15, f"the shards of {victim} taken over")
+        wait_until(
+            lambda: taken_over(stack, survivors, moved, victim),
+            TIMEOUT_S + 15,
+            f"the shards of {victim} taken over",
+        )
         took = time.monotonic() - killed_at
         after = ownership(stack, survivors[0])
 

@@ -21,6 +21,7 @@ from tests.outbox_helpers import cluster_ids_of
 from tests.ownership_helpers import (
     TIMEOUT_S,
     controller,
+    controllers_of,
     hears_all,
     ownership,
     wait_until,
@@ -42,11 +43,8 @@ def cli(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def controllers(pair_stack: RunningStack) -> Iterator[dict[str, WorkerProcess]]:
-    started = {dc.name: controller(pair_stack, dc.name) for dc in pair_stack.topology.dcs}
-    yield started
-    for worker in started.values():
-        if worker.proc.poll() is None:
-            worker.kill()
+    with controllers_of(pair_stack) as started:
+        yield started
 
 
 def test_two_dcs_fail_over_only_by_the_operators_decision(

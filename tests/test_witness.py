@@ -17,6 +17,7 @@ from tests.conftest import RunningStack
 from tests.ownership_helpers import (
     TIMEOUT_S,
     controller,
+    controllers_of,
     hears_all,
     ownership,
     wait_until,
@@ -29,11 +30,8 @@ pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 @pytest.fixture
 def controllers(witness_stack: RunningStack) -> Iterator[dict[str, WorkerProcess]]:
-    started = {dc.name: controller(witness_stack, dc.name) for dc in witness_stack.topology.dcs}
-    yield started
-    for worker in started.values():
-        if worker.proc.poll() is None:
-            worker.kill()
+    with controllers_of(witness_stack) as started:
+        yield started
 
 
 def test_a_data_dc_killed_fails_over_to_the_other_with_the_witness_as_majority(
