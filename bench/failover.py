@@ -176,7 +176,8 @@ class StackWorkers:
     log_dir: Path
     prefix: str
     failure_timeout_s: float
-    records: dict[str, list[ProcessRecord]] = field(default_factory=dict)
+    #: Per DC: (kind, process) of each running worker.
+    records: dict[str, list[tuple[str, ProcessRecord]]] = field(default_factory=dict)
     controller_started: dict[str, float] = field(default_factory=dict)
     load_started: float = 0.0
 
@@ -191,7 +192,7 @@ class StackWorkers:
         name = f"{self.prefix}-{kind}-{dc}"
         record = spawn(name, argv, log=self.log_dir / f"{name}.log", ports=())
         record_worker(self.run_dir, dc, record)
-        self.records.setdefault(dc, []).append(record)
+        self.records.setdefault(dc, []).append((kind, record))
         if kind == "controller":
             self.controller_started[dc] = time.monotonic()
         if kind == "simulate":
@@ -215,19 +216,19 @@ class StackWorkers:
 
     def forget_dc(self, dc: str) -> None:
         """Drop the records of ``dc``'s workers, which ``kill_dc`` killed."""
-        for record in self.records.pop(dc, []):
+        for _, record in self.records.pop(dc, []):
             forget_worker(self.run_dir, record.name)
 
     def stop(self, dc: str, kinds: Sequence[str]) -> None:
         """SIGTERM ``dc``'s workers of ``kinds`` (an applier killed would keep its group's
         partitions for a session timeout), at most 60 s each."""
         keep = []
-        for record in self.records.get(dc, []):
-            if record.name.split("-")[-2] in kinds:
+        for kind, record in self.records.get(dc, []):
+            if kind in kinds:
                 stop(record, sig=signal.SIGTERM, timeout_s=60)
                 forget_worker(self.run_dir, record.name)
             else:
-                keep.append(record)
+                keep.append((kind, record))
         self.records[dc] = keep
 
     def stop_all(self) -> None:
@@ -238,7 +239,7 @@ class StackWorkers:
 
     def dead(self) -> list[str]:
         """Workers that exited by themselves (a crash to report, never to wait out)."""
-        return [r.name for rs in self.records.values() for r in rs if not is_running(r)]
+        return [r.name for rs in self.records.values() for _, r in rs if not is_running(r)]
 
 
 def _appliers_assigned(topology: Topology, dcs: Sequence[str]) -> bool:

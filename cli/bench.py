@@ -270,6 +270,8 @@ def bench_all(ctx: click.Context, run_dir: Path) -> None:
     --run-dir.
 
     The stack in --run-dir is brought up first (the default topology) if it is not running.
+    `bench failover` is left out: each of its runs kills and restarts a DC, minutes of waiting
+    for Kafka groups' session timeouts, and it leaves ownership moved.
     """
     from pipeline.stack import up
     from pipeline.stack.processes import StackState

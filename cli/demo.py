@@ -68,8 +68,9 @@ def run_demo(
         while time.monotonic() < deadline:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
             log.info("demo running", seconds_left=round(max(0.0, deadline - time.monotonic())))
-        for dc in topology.data_dcs if not drill else ():
-            workers.stop(dc.name, ("simulate",))
+        if not drill:
+            for dc in topology.data_dcs:
+                workers.stop(dc.name, ("simulate",))
         # Let the last events travel: relay, MirrorMaker 2, applier.
         time.sleep(5.0)
         rows = [_report(dc.name, dc.database, since) for dc in topology.data_dcs]
