@@ -183,6 +183,85 @@ def bench_applier_cmd(
     )
 
 
+@bench.command("failover")
+@click.option("--runs", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option(
+    "--failure-timeout",
+    type=click.FloatRange(1, 600),
+    default=10.0,
+    show_default=True,
+    help="The controllers' failure timeout T (s).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 10_000),
+    default=20.0,
+    show_default=True,
+    help="Events per second each DC's stand-in server aims at.",
+)
+@run_dir_option
+def bench_failover_cmd(
+    runs: int, failure_timeout: float, rate: float, run_dir: Path
+) -> dict[str, float]:
+    """Failover of the DC owning the most shards under load: time to the first write
+    accepted by the new owner, events orphaned against rate x mirror delay; and the longest
+    refusal of writes during `ownership move`. Leaves ownership where the runs moved it."""
+    from bench.failover import bench_failover, figures
+
+    failovers, moves = bench_failover(
+        _running_topology(run_dir),
+        run_dir,
+        runs=runs,
+        failure_timeout_s=failure_timeout,
+        rate=rate,
+    )
+    click.echo(
+        f"failover, {runs} runs, failure timeout {failure_timeout:g} s, stand-in servers at"
+        f" {rate:g} events/s per DC:"
+    )
+    click.echo(
+        table(
+            [
+                "RUN",
+                "KILLED",
+                "SHARDS",
+                "FIRST WRITE S",
+                "ALL SHARDS S",
+                "ORPHANS",
+                "RATE X DELAY",
+                "RESTARTS",
+                "MOVE REFUSED MS",
+            ],
+            [
+                [
+                    i + 1,
+                    f.victim,
+                    len(f.moved),
+                    f"{f.first_write_s:.2f}",
+                    f"{f.all_writes_s:.2f}",
+                    f.orphans,
+                    f"{f.expected_loss:.1f} ({f.victim_rate:.1f}/s x {f.delay_ms:.0f} ms)",
+                    f"{f.completed}/{f.restarts}",
+                    f"{m.refused_s * 1000:.0f}",
+                ]
+                for i, (f, m) in enumerate(zip(failovers, moves, strict=True))
+            ],
+        )
+    )
+    result = figures(failovers, moves)
+    click.echo(
+        f"failover time (kill to first write accepted by the new owner): p50"
+        f" {result['failover_first_write_p50_s']:.2f} s, max"
+        f" {result['failover_first_write_max_s']:.2f} s (target: at most T + 2 ="
+        f" {failure_timeout + 2:g} s)"
+    )
+    click.echo(
+        f"writes refused during `ownership move`: p50 {result['move_refused_p50_ms']:.0f} ms,"
+        f" max {result['move_refused_max_ms']:.0f} ms (target: under 500 ms)"
+    )
+    return result
+
+
 @bench.command("all")
 @run_dir_option
 @click.pass_context
@@ -191,6 +270,8 @@ def bench_all(ctx: click.Context, run_dir: Path) -> None:
     --run-dir.
 
     The stack in --run-dir is brought up first (the default topology) if it is not running.
+    `bench failover` is left out: each of its runs kills and restarts a DC, minutes of waiting
+    for Kafka groups' session timeouts, and it leaves ownership moved.
     """
     from pipeline.stack import up
     from pipeline.stack.processes import StackState

@@ -1,30 +1,37 @@
-"""``coopr-pipeline demo``: the whole pipeline on the local stack, for a while, then a report.
+"""``coopr-pipeline demo``: the whole pipeline on the local stack, for a while, then a report,
+then a failover drill.
 
-In every data DC it starts a relay, an applier and a stand-in Coopr server (``simulate``) as
-separate processes (logs in ``<run-dir>/logs/demo-*.log``), lets them run for ``duration_s``,
-stops them with SIGTERM, and reports per DC what was published and applied and the
-replication delay: a replica row's (cluster or checkpoint) ``applied_at`` minus its event's
-``occurred_at``.
+In every data DC it starts a controller, a relay, an applier and a stand-in Coopr server
+(``simulate``) as separate processes (logs in ``<run-dir>/logs/demo-*.log``), lets them run
+for ``duration_s``, and reports per DC what was published and applied and the replication
+delay: a replica row's (cluster or checkpoint) ``applied_at`` minus its event's
+``occurred_at``. Then the drill (:func:`bench.failover.drill`): the DC owning the most
+shards is killed under the same load, the others take its shards over, it is started again
+and demoted; the report says what moved, how long writes to the moved shards were refused,
+what restarted and what was orphaned. Every worker is stopped with SIGTERM at the end.
 """
 
 from __future__ import annotations
 
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.failover import FailoverRun, StackWorkers, wait_ready
+from bench.failover import drill as run_drill
+from cli.render import table
 from pipeline.db import connect
 from pipeline.logging import get_logger
-from pipeline.stack.processes import ProcessRecord, forget_worker, record_worker, spawn, stop
 from pipeline.stats import percentile
 from pipeline.topology import Topology
 
-__all__ = ["DemoRow", "run_demo"]
+__all__ = ["DemoRow", "drill_report", "run_demo"]
 
 log = get_logger(__name__)
+
+#: Seconds the drill waits for the restarted jobs to complete before it counts them.
+_RESTARTS_WAIT_S = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,62 +45,47 @@ class DemoRow:
     p99_ms: float
 
 
-def _workers(
-    topology: Topology, topology_file: Path, run_dir: Path, rate: float, duration_s: float
-) -> list[ProcessRecord]:
-    """Start every DC's workers, each recorded with its DC so that ``stack kill-dc`` kills it."""
-    cli = [sys.executable, "-m", "cli", "--log-json"]
-    started = []
-    for i, dc in enumerate(topology.data_dcs):
-        for name, args in (
-            ("relay", ["worker", "relay", "--dc", dc.name]),
-            ("applier", ["worker", "applier", "--dc", dc.name]),
-            (
-                "simulate",
-                [
-                    "simulate",
-                    "--dc",
-                    dc.name,
-                    "--rate",
-                    str(rate),
-                    "--duration",
-                    str(duration_s),
-                    "--seed",
-                    str(i),
-                ],
-            ),
-        ):
-            argv = [*cli, *args, "--topology", str(topology_file)]
-            worker = f"demo-{name}-{dc.name}"
-            record = spawn(worker, argv, log=run_dir / "logs" / f"{worker}.log", ports=())
-            record_worker(run_dir, dc.name, record)
-            started.append(record)
-    return started
-
-
 def run_demo(
     topology: Topology,
-    topology_file: Path,
     run_dir: Path,
     *,
     duration_s: float = 30.0,
     rate: float = 20.0,
-) -> list[DemoRow]:
-    """Run every worker for ``duration_s`` seconds at ``rate`` events/s per DC; report."""
+    failure_timeout_s: float = 6.0,
+    drill: bool = True,
+) -> tuple[list[DemoRow], FailoverRun | None]:
+    """Run every worker for ``duration_s`` s at ``rate`` events/s per DC and report; then,
+    with ``drill``, the failover drill with controllers' failure timeout ``failure_timeout_s``
+    (s), which adds about T + 10 s plus the killed DC's start (``stack start-dc``). Every DC
+    of the stack runs at the end; the workers are stopped."""
     since = datetime.now(UTC)
-    workers = _workers(topology, topology_file, run_dir, rate, duration_s)
+    workers = StackWorkers(topology, run_dir.resolve(), run_dir / "logs", "demo", failure_timeout_s)
+    failover = None
     try:
+        for i, dc in enumerate(topology.data_dcs):
+            workers.start_dc_workers(dc.name, rate=rate, seed=i)
         deadline = time.monotonic() + duration_s
         while time.monotonic() < deadline:
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
             log.info("demo running", seconds_left=round(max(0.0, deadline - time.monotonic())))
+        if not drill:
+            for dc in topology.data_dcs:
+                workers.stop(dc.name, ("simulate",))
         # Let the last events travel: relay, MirrorMaker 2, applier.
         time.sleep(5.0)
+        rows = [_report(dc.name, dc.database, since) for dc in topology.data_dcs]
+        if drill:
+            wait_ready(workers, load_s=0, timeout_s=60)
+            log.info("drill: killing the DC that owns the most shards")
+            failover = run_drill(
+                workers,
+                rate=rate,
+                seed=len(topology.data_dcs),
+                restarts_timeout_s=_RESTARTS_WAIT_S,
+            )
     finally:
-        for record in workers:
-            stop(record, sig=signal.SIGTERM, timeout_s=60)
-            forget_worker(run_dir, record.name)
-    return [_report(dc.name, dc.database, since) for dc in topology.data_dcs]
+        workers.stop_all()
+    return rows, failover
 
 
 def _report(dc: str, dsn: str, since: datetime) -> DemoRow:
@@ -117,3 +109,25 @@ def _report(dc: str, dsn: str, since: datetime) -> DemoRow:
     return DemoRow(
         dc, published, len(delays_ms), percentile(delays_ms, 0.5), percentile(delays_ms, 0.99)
     )
+
+
+def drill_report(run: FailoverRun, failure_timeout_s: float) -> list[str]:
+    """The drill in lines: what moved, how long writes to it were refused, what restarted,
+    what was orphaned."""
+    return [
+        f"drill: {run.victim} killed under load (failure timeout {failure_timeout_s:g} s);"
+        f" its {len(run.moved)} shards moved:",
+        table(
+            ["SHARD", "OLD OWNER", "OLD EPOCH", "NEW OWNER", "NEW EPOCH"],
+            [[s, old, e0, new, e1] for s, (old, new, e0, e1) in sorted(run.moved.items())],
+        ),
+        f"writes to the moved shards refused from the kill to the first write accepted by"
+        f" the new owner: {run.first_write_s:.1f} s (every moved shard: {run.all_writes_s:.1f} s)",
+        f"jobs in flight restarted at the new owners: {run.restarts} requested,"
+        f" {run.resumed} resumed, {run.completed} completed",
+        f"orphaned: {run.orphans} events {run.victim} committed beyond the cuts (in flight at"
+        f" the kill, about {run.victim_rate:.1f} events/s x {run.delay_ms:.0f} ms mirror delay"
+        f" = {run.expected_loss:.0f}); list them: coopr-pipeline ownership orphans --dc"
+        f" {run.victim}",
+        f"{run.victim} is running again, demoted for those shards",
+    ]

@@ -67,14 +67,33 @@ def simulate(dc: str, topology_file: Path, rate: float, duration: float, seed: i
     show_default=True,
     help="Events per second each DC's simulator aims at.",
 )
+@click.option(
+    "--failure-timeout",
+    type=click.FloatRange(1, 600),
+    default=6.0,
+    show_default=True,
+    help="The controllers' failure timeout T (s) for the drill.",
+)
+@click.option(
+    "--drill/--no-drill",
+    default=True,
+    show_default=True,
+    help="After the load: kill the DC owning the most shards, fail over, start it again.",
+)
 @run_dir_option
-def demo(duration: float, rate: float, run_dir: Path) -> None:
-    """Run a relay, an applier and a simulator in every DC of the running stack; report."""
-    from cli.demo import run_demo
+def demo(duration: float, rate: float, failure_timeout: float, drill: bool, run_dir: Path) -> None:
+    """Run a controller, a relay, an applier and a simulator in every DC of the running stack;
+    report; then a failover drill."""
+    from cli.demo import drill_report, run_demo
 
     state = running_stack(run_dir)
-    rows = run_demo(
-        load_topology(state.topology), Path(state.topology), run_dir, duration_s=duration, rate=rate
+    rows, failover = run_demo(
+        load_topology(state.topology),
+        run_dir,
+        duration_s=duration,
+        rate=rate,
+        failure_timeout_s=failure_timeout,
+        drill=drill,
     )
     click.echo(f"pipeline demo, {duration:g} s, simulators at {rate:g} events/s per DC:")
     click.echo(
@@ -84,3 +103,7 @@ def demo(duration: float, rate: float, run_dir: Path) -> None:
         )
     )
     click.echo("replication delay: replica row applied_at - event occurred_at in the owner DC")
+    if failover is not None:
+        click.echo()
+        for line in drill_report(failover, failure_timeout):
+            click.echo(line)
