@@ -387,8 +387,13 @@ def _marks(topology: Topology) -> _Marks:
     marks = {}
     for dc in topology.data_dcs:
         (last_id,) = _query(topology, dc.name, "SELECT coalesce(max(id), 0) FROM outbox")[0]
+        # The shard's own counter too: a relay may have pruned the published rows already.
         seqs = _query(
-            topology, dc.name, "SELECT shard, epoch, max(seq) FROM outbox GROUP BY shard, epoch"
+            topology,
+            dc.name,
+            "SELECT shard, epoch, max(seq) FROM (SELECT shard, epoch, seq FROM outbox"
+            " UNION ALL SELECT o.shard, o.epoch, o.last_seq FROM shard_ownership o"
+            " JOIN local_dc l ON o.owner_dc = l.name) t GROUP BY shard, epoch",
         )
         marks[dc.name] = (last_id, {(s, e): q for s, e, q in seqs})
     return marks

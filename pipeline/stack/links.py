@@ -22,6 +22,7 @@ __all__ = [
     "Link",
     "LinkStatus",
     "check_links",
+    "cut_one_way",
     "ensure_links",
     "heal",
     "link_status",
@@ -107,6 +108,17 @@ def partition(topology: Topology, dc: str) -> list[Link]:
     for proxy in _proxies(topology, dc):
         proxy.cut()
     return links(topology, dc)
+
+
+def cut_one_way(topology: Topology, source: str, target: str) -> Link:
+    """Cut the link ``source->target`` only: ``target`` stops hearing ``source``, while
+    ``source`` still hears ``target`` (``heal`` undoes it)."""
+    (link,) = (link for link in links(topology, source) if link.target == target)
+    server = _server(topology)
+    if link.name not in server.proxies():
+        raise StackError(f"the link {link.name} does not exist: run `coopr-pipeline stack up`")
+    Proxy(server, link.name, link.port).cut()
+    return link
 
 
 def heal(topology: Topology, dc: str | None = None) -> list[Link]:
