@@ -318,7 +318,8 @@ class Ledger:
                 " SELECT job_id, cluster_id, shard, %s, payload FROM replica_checkpoints"
                 " WHERE shard = %s AND NOT completed AND payload IS NOT NULL"
                 " ON CONFLICT (job_id) DO UPDATE SET epoch = EXCLUDED.epoch,"
-                " checkpoint = EXCLUDED.checkpoint, requested_at = now(), resumed_at = NULL",
+                " checkpoint = EXCLUDED.checkpoint, requested_at = now(), resumed_at = NULL,"
+                " refused = NULL",
                 (claim.epoch, claim.shard),
             )
             return Takeover(clusters, int(cur.rowcount))

@@ -652,6 +652,17 @@ class _Simulator:
             raise
         return conn
 
+    def _refuse_restart(self, job: str, epoch: int, reason: str) -> None:
+        try:
+            conn = self._dbs.get(self._config.dc)
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    "UPDATE restart_requests SET refused = %s WHERE job_id = %s AND epoch = %s",
+                    (reason, job, epoch),
+                )
+        except _RETRYABLE_DB as exc:
+            self._log.warning("restart refusal not recorded", job=job, error=str(exc).strip())
+
     def _look_for_restarts(self, now: float) -> None:
         """Plan this DC's pending restart requests of the shards it owns, oldest first, to run
         as slots free; a request that cannot be planned is logged and left pending."""
@@ -670,7 +681,8 @@ class _Simulator:
                     " JOIN shard_ownership o ON o.shard = r.shard"
                     " JOIN local_dc l ON o.owner_dc = l.name"
                     " LEFT JOIN coopr_clusters c ON c.id = r.cluster_id"
-                    " WHERE r.resumed_at IS NULL AND r.job_id <> ALL(%s::text[])"
+                    " WHERE r.resumed_at IS NULL AND r.refused IS NULL"
+                    " AND r.job_id <> ALL(%s::text[])"
                     " ORDER BY r.requested_at, r.job_id LIMIT %s",
                     (sorted(self._restart_jobs), room),
                 )
@@ -687,8 +699,9 @@ class _Simulator:
                 cluster = None if body is None else cluster_from_json(body)
                 plan = plan_restart(checkpoint, cluster, epoch)
             except (CodecError, ValueError) as exc:
-                # Left pending for an operator to see; this run does not look at it again.
+                # Left pending for an operator, with the reason in the request's row.
                 self._log.error("restart request not resumable", job=job, reason=str(exc))
+                self._refuse_restart(job, epoch, str(exc))
                 continue
             shard = shard_of(plan.cluster.id, self._topology.shard_count)
             self._restarts.append(_Flight(plan, shard, json.dumps(plan_to_json(plan))))
