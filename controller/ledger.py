@@ -34,6 +34,15 @@ _RETIRE_RUNNING_JOBS = (
 )
 
 
+#: Promise an epoch for a shard unless an equal or higher one was (no row changed then).
+_PROMISE = (
+    "INSERT INTO ownership_promises AS p (shard, epoch, heard_owner)"
+    " VALUES (%s, %s, %s) ON CONFLICT (shard) DO UPDATE"
+    " SET epoch = EXCLUDED.epoch, heard_owner = EXCLUDED.heard_owner,"
+    " promised_at = now() WHERE p.epoch < EXCLUDED.epoch"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class DbClock:
     """This database's clock as the controller's monotonic clock sees it, conservatively:
@@ -163,13 +172,7 @@ class Ledger:
         this DC's own epoch of a shard it owns ends its lease in the same transaction (the
         owner stops writing when it promises). False when nothing changed."""
         with self._conn, self._conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO ownership_promises AS p (shard, epoch, heard_owner)"
-                " VALUES (%s, %s, %s) ON CONFLICT (shard) DO UPDATE"
-                " SET epoch = EXCLUDED.epoch, heard_owner = EXCLUDED.heard_owner,"
-                " promised_at = now() WHERE p.epoch < EXCLUDED.epoch",
-                (shard, epoch, heard_owner),
-            )
+            cur.execute(_PROMISE, (shard, epoch, heard_owner))
             if not cur.rowcount:
                 return False
             cur.execute(
@@ -274,13 +277,7 @@ class Ledger:
         shard over here, as :meth:`see_claim` would, ending this DC's lease on it."""
         with self._conn, self._conn.cursor() as cur:
             for claim, heard_owner in claims:
-                cur.execute(
-                    "INSERT INTO ownership_promises AS p (shard, epoch, heard_owner)"
-                    " VALUES (%s, %s, %s) ON CONFLICT (shard) DO UPDATE"
-                    " SET epoch = EXCLUDED.epoch, heard_owner = EXCLUDED.heard_owner,"
-                    " promised_at = now() WHERE p.epoch < EXCLUDED.epoch",
-                    (claim.shard, claim.epoch, heard_owner),
-                )
+                cur.execute(_PROMISE, (claim.shard, claim.epoch, heard_owner))
                 record_claim(cur, claim)
                 if claim.to_dc != self.dc:
                     self._redirect(cur, claim)
