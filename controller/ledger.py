@@ -286,7 +286,8 @@ class Ledger:
         """The takeover of ``claim.shard`` by this DC, in one transaction (``docs/ownership.md``,
         "Takeover"): the shard owned here at the claim's epoch, seq reset, writable, leased
         until ``lease_until`` (ended when None); this DC's replica rows of the shard promoted
-        into ``coopr_clusters``; a restart request for every in-flight checkpoint. The
+        into ``coopr_clusters``; a restart request for every in-flight checkpoint, and the
+        pending requests of earlier ownerships here that it did not renew deleted. The
         ownership trigger notifies routers at commit."""
         with self._conn, self._conn.cursor() as cur:
             record_claim(cur, claim)
@@ -319,7 +320,16 @@ class Ledger:
                 " refused = NULL",
                 (claim.epoch, claim.shard),
             )
-            return Takeover(clusters, int(cur.rowcount))
+            restarts = int(cur.rowcount)
+            # A request of an earlier ownership here that this one did not renew is stale:
+            # its job ended or moved since. Left pending, it would keep its cluster busy, or
+            # restart a job that completed elsewhere.
+            cur.execute(
+                "DELETE FROM restart_requests WHERE shard = %s AND epoch < %s"
+                " AND resumed_at IS NULL",
+                (claim.shard, claim.epoch),
+            )
+            return Takeover(clusters, restarts)
 
     def open_requests(self) -> list[Request]:
         """Requests not done yet, oldest first."""

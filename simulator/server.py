@@ -25,14 +25,15 @@ Guarantees:
 - Jobs that are RUNNING when the simulator stops keep their last checkpoint; the next
   simulator of the same DC resumes them at their next boundary (from ``coopr_jobs.plan``).
 - Restarts after a takeover (``docs/ownership.md``): the simulator of DC A resumes every
-  pending row of ``restart_requests`` in A's database whose shard A owns now, whatever DC
-  created the cluster (:func:`simulator.planning.plan_restart`). It looks at start, then at
-  most every :data:`_RESTART_POLL_S` and whenever ``coopr_ownership`` is notified, at the
-  loop's pace. A pending restart takes the next free slot of the jobs in flight before any
-  new job does. Its first write sets the request's ``resumed_at`` in the same transaction, so
-  a request is resumed exactly once, even across simulator restarts; from then on the job is
-  A's (A's next simulator resumes it if it is still RUNNING), and a write of the same job by
-  anyone else (a simulator still running the job's earlier life) is refused.
+  pending row of ``restart_requests`` in A's database whose shard A owns now at the request's
+  epoch, whatever DC created the cluster (:func:`simulator.planning.plan_restart`). It looks
+  at start, then at most every :data:`_RESTART_POLL_S` and whenever ``coopr_ownership`` is
+  notified, at the loop's pace. A pending restart takes the next free slot of the jobs in
+  flight before any new job does. Its first write sets the request's ``resumed_at`` in the
+  same transaction, so a request is resumed exactly once, even across simulator restarts;
+  from then on the job is A's (A's next simulator resumes it if it is still RUNNING), and a
+  write of the same job by anyone else (a simulator still running the job's earlier life) is
+  refused.
 - ``rate`` is publish transactions (boundaries plus completions) per second across all jobs,
   paced (no burst longer than one second of catch-up). ``rate x 0.5 s`` jobs run at once, so
   each job passes a boundary every half second on average.
@@ -678,7 +679,7 @@ class _Simulator:
             with conn, conn.cursor() as cur:
                 cur.execute(
                     "SELECT r.job_id, r.epoch, r.checkpoint, c.body FROM restart_requests r"
-                    " JOIN shard_ownership o ON o.shard = r.shard"
+                    " JOIN shard_ownership o ON o.shard = r.shard AND o.epoch = r.epoch"
                     " JOIN local_dc l ON o.owner_dc = l.name"
                     " LEFT JOIN coopr_clusters c ON c.id = r.cluster_id"
                     " WHERE r.resumed_at IS NULL AND r.refused IS NULL"

@@ -84,10 +84,12 @@ def hears_all(controllers: dict[str, WorkerProcess]) -> bool:
     return True
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Poll ``check`` every 0.2 s until it holds; seconds taken. Fails after ``timeout_s``."""
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str | Callable[[], str]) -> float:
+    """Poll ``check`` every 0.2 s until it holds; seconds taken. Fails after ``timeout_s``
+    saying ``what`` (called then, when a callable: the state that kept ``check`` false)."""
     start = time.monotonic()
     while not check():
-        assert time.monotonic() - start < timeout_s, f"not within {timeout_s} s: {what}"
+        if time.monotonic() - start >= timeout_s:
+            raise AssertionError(f"not within {timeout_s} s: {what() if callable(what) else what}")
         time.sleep(0.2)
     return time.monotonic() - start

@@ -134,22 +134,35 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
         }
         assert in_flight == set(requested), f"restarts: {in_flight ^ set(requested)}"
 
-        def restarted_jobs_done() -> bool:
-            for dc in survivors:
-                running = rows(
+        def unfinished_restarts() -> list[tuple[Any, ...]]:
+            return [
+                (dc, *row)
+                for dc in survivors
+                for row in rows(
                     stack.dc(dc).database,
-                    "SELECT r.job_id FROM restart_requests r"
+                    "SELECT r.job_id, r.cluster_id, r.resumed_at IS NOT NULL, j.status"
+                    " FROM restart_requests r"
                     " JOIN shard_ownership o ON o.shard = r.shard AND o.epoch = r.epoch"
                     " LEFT JOIN coopr_jobs j ON j.id = r.job_id WHERE r.shard = ANY(%s)"
                     " AND ((r.resumed_at IS NULL AND r.refused IS NULL)"
                     " OR j.status = 'RUNNING')",
                     moved,
                 )
-                if running:
-                    return False
-            return True
+            ]
 
-        wait_until(restarted_jobs_done, 90, "the restarted jobs complete at their new owners")
+        def stuck() -> str:
+            jobs = unfinished_restarts()
+            said = [
+                line
+                for dc in survivors
+                for line in simulators[dc].output().splitlines()
+                if any(job in line for _, job, *_ in jobs)
+            ]
+            return f"the restarted jobs complete at their new owners: {jobs}\n" + "\n".join(
+                said[-40:]
+            )
+
+        wait_until(lambda: not unfinished_restarts(), 90, stuck)
         # The stand-in server cannot plan every checkpoint (a known gap, docs/ownership.md):
         # those it refuses stay pending with the reason, never silently.
         refused = [

@@ -152,6 +152,14 @@ def test_a_takeover_promotes_replica_rows_and_requests_restarts_of_jobs_in_fligh
             "INSERT INTO coopr_jobs (id, cluster_id, shard, action, status, step, body, tasks,"
             " plan) VALUES ('jold', 'old', 0, 'CLUSTER_CREATE', 'RUNNING', 1, '{}', '[]', '{}')"
         )
+        # Requests of an earlier ownership here: one refused, one resumed, one of another shard.
+        cur.execute(
+            "INSERT INTO restart_requests (job_id, cluster_id, shard, epoch, checkpoint,"
+            " resumed_at, refused) VALUES"
+            " ('jstale', 'c1', 0, 2, '\\x05', NULL, 'cannot plan'),"
+            " ('jdone', 'c2', 0, 2, '\\x06', now(), NULL),"
+            " ('jother', 'c9', 3, 2, '\\x07', NULL, NULL)"
+        )
     with pytest.raises(NotOwnerError):
         write(conn, shard)
     taken = claim(shard, 64 + 1, "dc2", cut=7)
@@ -169,9 +177,15 @@ def test_a_takeover_promotes_replica_rows_and_requests_restarts_of_jobs_in_fligh
         assert [r[0] for r in cur.fetchall()] == ["c1", "c2", "old"]
         cur.execute("SELECT status FROM coopr_jobs WHERE id = 'jold'")
         assert cur.fetchall() == [("MOVED",)]
-        cur.execute("SELECT job_id, epoch, checkpoint, resumed_at FROM restart_requests")
+        # The stale pending request is gone: it would keep c1 busy for ever.
+        cur.execute(
+            "SELECT job_id, epoch, checkpoint, resumed_at IS NOT NULL FROM restart_requests"
+            " ORDER BY job_id"
+        )
         assert [(j, e, bytes(c), r) for j, e, c, r in cur.fetchall()] == [
-            ("j3", 65, b"\x01\x02", None)
+            ("j3", 65, b"\x01\x02", False),
+            ("jdone", 2, b"\x06", True),
+            ("jother", 2, b"\x07", False),
         ]
     assert ledger.take_over(taken, until).restarts == 0, "a takeover happens once"
 
