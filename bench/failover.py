@@ -126,7 +126,11 @@ class ProbeWriter:
         self.count += 1
         try:
             with conn:
-                publish(conn, event_for(f"p{self.run}{self.count:08d}", shard))
+                # Stamped now: the probes count towards the replication delay measured.
+                event = event_for(
+                    f"p{self.run}{self.count:08d}", shard, occurred_at=datetime.now(UTC)
+                )
+                publish(conn, event)
             return None
         except NotOwnerError as e:
             return e.owner_dc
@@ -535,11 +539,12 @@ def bench_failover(
     failure_timeout_s: float = 10.0,
     rate: float = 20.0,
     log_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[list[FailoverRun], list[MoveRun]]:
     """``runs`` failovers and planned moves under load (``rate`` events/s per DC from the
     stand-in servers); every worker is stopped with SIGTERM at the end, the stack left
     running with every DC up. Each run takes about T + 40 s plus an applier group's session
-    timeout (45 s) after the killed DC's restart."""
+    timeout (45 s) after the killed DC's restart; ``progress`` is told each run's figures."""
     workers = StackWorkers(
         topology, run_dir.resolve(), log_dir or run_dir / "logs", "bench", failure_timeout_s
     )
@@ -553,6 +558,14 @@ def bench_failover(
             failovers.append(drill(workers, rate=rate, seed=100 * (run + 1)))
             wait_ready(workers, load_s=0)
             moves.append(_move_under_probe(topology))
+            if progress is not None:
+                f, m = failovers[-1], moves[-1]
+                progress(
+                    f"run {run + 1}/{runs}: {f.victim} killed, first write after"
+                    f" {f.first_write_s:.2f} s, every shard after {f.all_writes_s:.2f} s,"
+                    f" {f.orphans} orphans; move of shard {m.shard} refused writes"
+                    f" {m.refused_s * 1000:.0f} ms"
+                )
     finally:
         workers.stop_all()
     return failovers, moves

@@ -214,6 +214,7 @@ def bench_failover_cmd(
         runs=runs,
         failure_timeout_s=failure_timeout,
         rate=rate,
+        progress=lambda line: click.echo(line, err=True),
     )
     click.echo(
         f"failover, {runs} runs, failure timeout {failure_timeout:g} s, stand-in servers at"

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import psycopg2.extensions
 
     from controller.report import Orphan
+    from pipeline.ownership import ShardOwner
 
 __all__ = ["ownership"]
 
@@ -186,18 +187,17 @@ def ownership_orphans(dc: str | None, topology_file: Path, fmt: str) -> None:
     )
 
 
-def _owner_view(site: DataCenter) -> dict[int, tuple[str, int, bool]]:
-    """Per shard, as ``site``'s database has it: owner, epoch, accepting writes."""
-    from pipeline.db import fetch_all
+def _owner_view(site: DataCenter) -> dict[int, ShardOwner]:
+    """Every shard's owner as ``site``'s database has it."""
+    from pipeline.db import connect
+    from pipeline.ownership import read_ownership
 
-    return {
-        s: (owner, epoch, ok)
-        for s, owner, epoch, ok in fetch_all(
-            site.database,
-            "SELECT shard, owner_dc, epoch, writable AND lease_until > clock_timestamp()"
-            " FROM shard_ownership",
-        )
-    }
+    conn = connect(site.database)
+    try:
+        with conn:
+            return read_ownership(conn)
+    finally:
+        conn.close()
 
 
 def _request(
@@ -244,7 +244,8 @@ def _wait_for_owners(
             except UnreachableError:
                 continue
             for shard, target in wanted.items():
-                if target == owner and view[shard][0] == owner and view[shard][2]:
+                held = view[shard]
+                if target == owner == held.owner_dc and held.writable and held.leased:
                     pending.pop(shard, None)
         if not pending:
             return time.monotonic() - start
@@ -289,19 +290,24 @@ def ownership_move(
     """Hand shards over without losing an event: the owner goes read-only, its relay
     flushes, the target applies up to the last event and takes over (docs/ownership.md)."""
     from controller.protocol import claimant
+    from pipeline.ownership import read_ownership
 
     topology = load_topology(topology_file)
     if (shard is None) == (all_from is None) or (shard is not None and to_dc is None):
         raise click.UsageError("give --shard S --to DC, or --all-from DC")
     site, conn = _answering(topology, None)
-    conn.close()
-    view = _owner_view(site)
+    try:
+        with conn:
+            view = read_ownership(conn)
+    finally:
+        conn.close()
     if all_from is not None:
         topology.dc(all_from)
         moves = {
             s: target
-            for s, (owner, _, _) in sorted(view.items())
-            if owner == all_from and (target := claimant(topology, s, all_from, ())) is not None
+            for s, o in sorted(view.items())
+            if o.owner_dc == all_from
+            and (target := claimant(topology, s, all_from, ())) is not None
         }
         if not moves:
             click.echo(f"{all_from} owns no shard, as {site.name} sees it")
@@ -314,11 +320,11 @@ def ownership_move(
         moves = {shard: to_dc}
     requests = []
     for s, target in moves.items():
-        owner = topology.dc(view[s][0])
+        owner = topology.dc(view[s].owner_dc)
         requests.append((owner, _request(owner, "move", owner.name, s, target)))
     took = _wait_for_owners(topology, moves, requests, timeout)
     for s, target in moves.items():
-        click.echo(f"shard {s}: {view[s][0]} -> {target}")
+        click.echo(f"shard {s}: {view[s].owner_dc} -> {target}")
     click.echo(f"moved {len(moves)} shards in {took:.2f} s")
 
 
@@ -352,8 +358,8 @@ def ownership_failover(from_dc: str, yes: bool, topology_file: Path, timeout: fl
         raise UnreachableError("no other DC's database answers")
     moves = {
         s: target
-        for s, (owner, _, _) in sorted(answering[0][1].items())
-        if owner == from_dc and (target := claimant(topology, s, from_dc, ())) is not None
+        for s, held in sorted(answering[0][1].items())
+        if held.owner_dc == from_dc and (target := claimant(topology, s, from_dc, ())) is not None
     }
     if not moves:
         click.echo(f"{from_dc} owns no shard, as {answering[0][0].name} sees it")

@@ -12,7 +12,7 @@ import click
 from cli.options import run_dir_option
 from cli.render import table, to_json
 from pipeline.stack.layout import MAX_DCS
-from pipeline.stack.processes import StackState
+from pipeline.stack.processes import DC_COMPONENTS, StackState
 from pipeline.stack.runtime import deploy_dir
 from pipeline.topology import Topology, load_topology
 
@@ -185,12 +185,17 @@ def _echo_links(verb: str, done: list[Link]) -> None:
 
 @stack.command("kill-dc")
 @click.argument("dc")
+@click.option(
+    "--only",
+    type=click.Choice(DC_COMPONENTS),
+    help="Kill only this component of DC (its broker, database or MirrorMaker 2).",
+)
 @run_dir_option
-def stack_kill_dc(dc: str, run_dir: Path) -> None:
+def stack_kill_dc(dc: str, only: str | None, run_dir: Path) -> None:
     """SIGKILL DC's broker, database, MirrorMaker and demo workers, as a power loss would."""
     from pipeline.stack import kill_dc
 
-    killed = kill_dc(run_dir, dc)
+    killed = kill_dc(run_dir, dc, only)
     click.echo(
         f"killed {len(killed)} processes of {dc}" + (f": {', '.join(killed)}" if killed else "")
     )

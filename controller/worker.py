@@ -103,8 +103,6 @@ FAILOVER_S = Gauge(
 
 #: Longest wait, in seconds, for the relay to publish a shard being moved away.
 _MOVE_FLUSH_S = 30.0
-#: How often leases are renewed at most, in seconds: each renewal is two short statements.
-_RENEW_EVERY_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +157,6 @@ class Controller(Closeable):
         self._claiming: dict[int, Claiming] = {}
         #: DCs that have run a controller: their leases are finite (see _claimable).
         self._leased_dcs: set[str] = set()
-        self._renewed_at = 0.0
         self._started_at = 0.0
         #: Moves in progress: request ID -> when this controller started on it.
         self._moves: dict[int, float] = {}
@@ -230,6 +227,9 @@ class Controller(Closeable):
                 self._send(now)
                 next_send = max(next_send + self.config.interval_s, now)
                 was_fenced = self._observe(now, was_fenced)
+                # Echoes renew leases as they arrive; this round renews them when none can
+                # (a DC a manual failover left alone supports its leases by itself).
+                self._renew(now)
                 self._act(now)
                 took = time.monotonic() - now
                 if took > self.config.interval_s:
@@ -238,8 +238,6 @@ class Controller(Closeable):
             msg = self._consumer.poll(max(0.0, min(0.1, next_send - time.monotonic())))
             if msg is not None:
                 self._receive(msg)
-            if time.monotonic() - self._renewed_at >= _RENEW_EVERY_S:
-                self._renew(time.monotonic())
         self._log.info("controller stopped")
 
     def _start(self) -> None:
@@ -439,7 +437,6 @@ class Controller(Closeable):
 
     def _renew(self, now: float) -> None:
         """Extend the lease of every shard this DC owns and has promised nothing above."""
-        self._renewed_at = now
         ends: dict[tuple[int, int], float] = {}
         for o in self._owners.values():
             if o.owner_dc != self.config.dc or self._promised(o.shard) > o.epoch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 
 from bench.load import event_for
 from pipeline.db import connect
+from pipeline.events import ClusterStatus, OperationCompleted
 from pipeline.shards import shard_of
 from producer.outbox import Published, publish
 
@@ -19,14 +21,34 @@ def cluster_ids_of(shard: int, shard_count: int, start: int = 0) -> Iterator[str
     return (c for c in ids if shard_of(c, shard_count) == shard)
 
 
-def publish_events(dsn: str, shard: int, shard_count: int, count: int) -> list[Published]:
-    """Publish ``count`` events for ``shard``, one transaction each."""
+#: Where tests number the clusters of :func:`inert_event` on stacks that stand-in servers
+#: share: far above the servers' IDs. Tests write such events straight into an outbox, with
+#: no live row at the writer (no server writes them), so replica comparisons leave them out.
+INERT_IDS_FROM = 80_000_000
+
+
+def inert_event(cluster_id: str, shard: int) -> OperationCompleted:
+    """An event that deletes ``cluster_id``; numbered from :data:`INERT_IDS_FROM`, no server
+    ever picks its cluster for a job, even once a takeover has promoted it into the live
+    tables."""
+    event = event_for(cluster_id, shard)
+    deleted = dataclasses.replace(event.cluster, status=ClusterStatus.TERMINATED)
+    return dataclasses.replace(event, cluster=deleted, cluster_deleted=True)
+
+
+def publish_events(
+    dsn: str, shard: int, shard_count: int, count: int, *, inert_from: int | None = None
+) -> list[Published]:
+    """Publish ``count`` events for ``shard``, one transaction each; with ``inert_from``,
+    :func:`inert_event` of clusters numbered from there."""
     conn = connect(dsn)
     out = []
+    ids = cluster_ids_of(shard, shard_count, inert_from or 0)
     try:
-        for cluster_id in itertools.islice(cluster_ids_of(shard, shard_count), count):
+        for cluster_id in itertools.islice(ids, count):
+            event = event_for(cluster_id, shard) if inert_from is None else None
             with conn:
-                out.append(publish(conn, event_for(cluster_id, shard)))
+                out.append(publish(conn, event or inert_event(cluster_id, shard)))
     finally:
         conn.close()
     return out

@@ -93,3 +93,11 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str | Callable
             raise AssertionError(f"not within {timeout_s} s: {what() if callable(what) else what}")
         time.sleep(0.2)
     return time.monotonic() - start
+
+
+def holds_for(check: Callable[[], None], seconds: float) -> None:
+    """Run ``check`` (which asserts) every 0.5 s for ``seconds``: a state that must last."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        check()
+        time.sleep(0.5)

@@ -2,7 +2,9 @@
 real stack (``failover_stack``): while every DC tries to write every shard of one owner as
 fast as it can, that owner's controller is paused (SIGSTOP), or its heartbeats stop reaching
 the others while it still hears them (its outgoing links cut). Its shards move; then it
-resumes, or the links heal, and it is demoted.
+resumes, or the links heal, and it is demoted. And two claims at once: the owner dead, its
+claimant fences itself in the middle of its claim and the third DC claims the same shards;
+nobody writes them until the heal, then the higher claim wins.
 
 Checked from the writes themselves: the outbox row of every accepted write carries its epoch
 and the database time it was accepted (``created_at``, all databases on this one host's
@@ -16,24 +18,27 @@ import dataclasses
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import psycopg2
 import pytest
 
-from bench.load import event_for
+from controller.protocol import claimant
 from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
-from pipeline.events import ClusterStatus
-from pipeline.stack.links import cut_one_way, heal
+from pipeline.stack.links import cut_one_way, heal, slow_one_way
+from pipeline.stack.orchestrator import kill_dc, start_dc
 from producer.outbox import publish
 from tests.conftest import RunningStack
-from tests.outbox_helpers import cluster_ids_of
+from tests.outbox_helpers import INERT_IDS_FROM, cluster_ids_of, inert_event
 from tests.ownership_helpers import (
     TIMEOUT_S,
     Ownership,
+    controller,
     controllers_of,
     hears_all,
+    holds_for,
     ownership,
     taken_over,
     wait_until,
@@ -54,18 +59,15 @@ def keep_writing(stack: RunningStack, dc: str, shards: list[int], stop: threadin
     """Write every shard of ``shards`` in ``dc``'s own database, over and over, until
     ``stop``; refusals (not owner, not writable) are the point, not errors."""
     conn = connect(stack.dc(dc).database)
-    # Far above the IDs the stand-in servers hand out, and deleted: no server ever picks
-    # these clusters for a job when a takeover promotes them into its live tables.
-    start = 80_000_000 + 1_000_000 * [d.name for d in stack.topology.dcs].index(dc)
+    # Inert clusters, a range of their own per DC.
+    start = INERT_IDS_FROM + 1_000_000 * [d.name for d in stack.topology.dcs].index(dc)
     ids = {s: cluster_ids_of(s, stack.topology.shard_count, start) for s in shards}
     try:
         deadline = time.monotonic() + 300
         while not stop.is_set() and time.monotonic() < deadline:
             for s in shards:
-                event = event_for(next(ids[s]), s)
-                deleted = dataclasses.replace(event.cluster, status=ClusterStatus.TERMINATED)
                 try:
-                    publish(conn, dataclasses.replace(event, cluster=deleted, cluster_deleted=True))
+                    publish(conn, inert_event(next(ids[s]), s))
                     conn.commit()
                 except (PipelineError, psycopg2.Error):
                     conn.rollback()
@@ -144,49 +146,150 @@ def applied_beyond_cuts(
     return found
 
 
-@pytest.mark.parametrize("disruption", ["controller paused", "heartbeats cut one way"])
-def test_never_two_writers_when_an_owner_stalls_or_cannot_be_heard(
-    failover_stack: RunningStack, controllers: dict[str, WorkerProcess], disruption: str
-) -> None:
-    stack = failover_stack
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """Where a drill starts: the database time (``since``), ownership, and the victim, the DC
+    owning the most shards, with its shards (``moved``)."""
+
+    since: str
+    before: Ownership
+    victim: str
+    moved: list[int]
+
+
+def set_scene(stack: RunningStack, controllers: dict[str, WorkerProcess]) -> Scene:
     wait_until(lambda: hears_all(controllers), 60, "every controller hears every other")
     wait_until(lambda: writable_everywhere(stack), 30, "every shard writable at its owner")
     ((since,),) = fetch_all(stack.dc("dc1").database, "SELECT clock_timestamp()::text")
     before = ownership(stack, "dc1")
     counts = {dc: sum(1 for o, _, _ in before.values() if o == dc) for dc in controllers}
     victim = max(sorted(counts), key=lambda dc: counts[dc])
-    survivors = [dc for dc in controllers if dc != victim]
-    moved = sorted(s for s, (o, _, _) in before.items() if o == victim)
+    return Scene(since, before, victim, sorted(s for s, (o, _, _) in before.items() if o == victim))
+
+
+@contextmanager
+def writing(stack: RunningStack, dcs: Iterable[str], shards: list[int]) -> Iterator[None]:
+    """Every DC of ``dcs`` writes every shard of ``shards`` (:func:`keep_writing`) until the
+    block ends."""
     stop = threading.Event()
     writers = [
-        threading.Thread(target=keep_writing, args=(stack, dc, moved, stop), daemon=True)
-        for dc in controllers
+        threading.Thread(target=keep_writing, args=(stack, dc, shards, stop), daemon=True)
+        for dc in dcs
     ]
     for w in writers:
         w.start()
-    time.sleep(1)
-
-    disrupt(stack, controllers, disruption, victim, on=True)
     try:
-        wait_until(
-            lambda: taken_over(stack, survivors, moved, victim),
-            TIMEOUT_S + 20,
-            f"the shards of {victim} taken over",
-        )
-        time.sleep(2)  # the loser keeps trying for a while after the takeover
+        yield
     finally:
-        disrupt(stack, controllers, disruption, victim, on=False)
-    after = ownership(stack, survivors[0])
+        stop.set()
+        for w in writers:
+            w.join(30)
 
+
+def wait_demoted(stack: RunningStack, scene: Scene, after: Ownership) -> None:
     def demoted() -> bool:
-        return all(ownership(stack, victim)[s][::2] == (after[s][0], False) for s in moved)
+        mine = ownership(stack, scene.victim)
+        return all(mine[s][::2] == (after[s][0], False) for s in scene.moved)
 
-    wait_until(demoted, 90, f"{victim} demoted")
-    stop.set()
-    for w in writers:
-        w.join(30)
+    wait_until(demoted, 90, f"{scene.victim} demoted")
 
-    assert interleaved(stack, moved, since) == []
-    assert applied_beyond_cuts(stack, survivors, moved, victim, before) == []
+
+@pytest.mark.parametrize("disruption", ["controller paused", "heartbeats cut one way"])
+def test_never_two_writers_when_an_owner_stalls_or_cannot_be_heard(
+    failover_stack: RunningStack, controllers: dict[str, WorkerProcess], disruption: str
+) -> None:
+    stack = failover_stack
+    scene = set_scene(stack, controllers)
+    victim, moved = scene.victim, scene.moved
+    survivors = [dc for dc in controllers if dc != victim]
+    with writing(stack, controllers, moved):
+        time.sleep(1)
+        disrupt(stack, controllers, disruption, victim, on=True)
+        try:
+            wait_until(
+                lambda: taken_over(stack, survivors, moved, victim),
+                TIMEOUT_S + 20,
+                f"the shards of {victim} taken over",
+            )
+            time.sleep(2)  # the loser keeps trying for a while after the takeover
+        finally:
+            disrupt(stack, controllers, disruption, victim, on=False)
+        wait_demoted(stack, scene, ownership(stack, survivors[0]))
+
+    assert interleaved(stack, moved, scene.since) == []
+    assert applied_beyond_cuts(stack, survivors, moved, victim, scene.before) == []
+    for worker in controllers.values():
+        assert worker.terminate() == 0, worker.output()[-2000:]
+
+
+def test_never_two_writers_when_a_claimant_is_cut_off_mid_claim_and_another_claims(
+    failover_stack: RunningStack, controllers: dict[str, WorkerProcess]
+) -> None:
+    """The owner is killed; its shards' claimant P hears the third DC Q 2.5 s late (the link
+    Q->P slowed), so Q's promise takes that long to reach it. As soon as P's claim waits for
+    promises, Q->P is cut: P hears nobody and fences itself; Q hears that and claims the same
+    shards at a higher epoch, a second claim while the first is in progress. Neither can
+    collect a majority (the owner is dead, P cannot hear Q's claim): nobody accepts a write of
+    those shards until the heal. Then the higher claim wins, and the old owner, back, is
+    demoted."""
+    stack = failover_stack
+    scene = set_scene(stack, controllers)
+    victim, moved = scene.victim, scene.moved
+    firsts = {s: claimant(stack.topology, s, victim, [victim]) for s in moved}
+    p = max(sorted({dc for dc in firsts.values() if dc}), key=list(firsts.values()).count)
+    (q,) = (dc for dc in controllers if dc not in (victim, p))
+    of_p = [s for s in moved if firsts[s] == p]
+
+    def claiming(dc: str) -> dict[int, str]:
+        phases = (controllers[dc].health() or {}).get("claiming", {})
+        return {int(s): phase for s, phase in phases.items()}
+
+    def nobody_writes() -> None:
+        for dc in (p, q):
+            mine = ownership(stack, dc)
+            assert not any(mine[s][2] for s in moved), f"{dc} writes: {mine}"
+
+    with writing(stack, (p, q), moved):
+        slow_one_way(stack.topology, q, p, 2500)
+        try:
+            controllers[victim].kill()
+            kill_dc(stack.run_dir, victim)
+            try:
+                wait_until(
+                    lambda: "promising" in claiming(p).values(),
+                    TIMEOUT_S + 15,
+                    f"{p} waits for promises of its claim",
+                )
+                cut_one_way(stack.topology, q, p)
+                wait_until(
+                    lambda: any(claiming(q).get(s) == "promising" for s in of_p),
+                    TIMEOUT_S + 15,
+                    f"{q} claims the shards {p} claimed",
+                )
+                holds_for(nobody_writes, 3)
+            finally:
+                heal(stack.topology, q)
+            wait_until(
+                lambda: taken_over(stack, [p, q], moved, victim),
+                90,
+                f"the shards of {victim} taken over after the heal",
+            )
+        finally:
+            start_dc(stack.run_dir, victim)
+        controllers[victim] = controller(stack, victim)
+        after = ownership(stack, p)
+        wait_demoted(stack, scene, after)
+
+    # The higher claim won wherever two were made.
+    highest = dict(
+        fetch_all(
+            stack.dc(p).database,
+            "SELECT shard, max(epoch) FROM ownership_claims WHERE shard = ANY(%s) GROUP BY shard",
+            (moved,),
+        )
+    )
+    assert {s: after[s][1] for s in moved} == highest
+    assert interleaved(stack, moved, scene.since) == []
+    wait_until(lambda: hears_all(controllers), 90, "all hear all again")
     for worker in controllers.values():
         assert worker.terminate() == 0, worker.output()[-2000:]

@@ -1,10 +1,10 @@
 """A failover under load on the real stack (``failover_stack``: 3 DCs, two replicas per
 shard): controllers, relays, appliers and stand-in servers in every DC; the DC owning the
-most shards is killed. Its shards are owned at a new epoch by their first live replica within
-the failure timeout plus a few seconds, the jobs it had in flight are restarted there and
-complete, and every surviving replica of a moved shard ends equal, row by row, to its new
-owner. When the DC comes back it is demoted, and its orphans are exactly its outbox rows
-beyond the cuts.
+most shards is killed. Its shards are owned at a new epoch (the claimant's own) by their first
+live replica within the failure timeout plus a few seconds, as ``ownership show`` reports; the
+jobs it had in flight are restarted there and complete, and every surviving replica of a moved
+shard ends equal, row by row, to its new owner. When the DC comes back it is demoted, and its
+orphans are exactly its outbox rows beyond the cuts.
 
 Ownership moves from test to test on this stack: the test reads who owns what first."""
 
@@ -20,8 +20,11 @@ from typing import Any
 import pytest
 
 from pipeline.db import fetch_all
+from pipeline.ownership import INITIAL_EPOCH
 from pipeline.stack.orchestrator import kill_dc, start_dc
+from simulator.ids import format_cluster_id
 from tests.conftest import RunningStack
+from tests.outbox_helpers import INERT_IDS_FROM
 from tests.ownership_helpers import (
     TIMEOUT_S,
     ownership,
@@ -109,6 +112,30 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
         )
         took = time.monotonic() - killed_at
         after = ownership(stack, survivors[0])
+        for s in moved:
+            owner, epoch, _ = after[s]
+            live = [dc for dc in stack.topology.replica_list(s) if dc != victim]
+            if before[s][0] == stack.topology.initial_owner(s):
+                assert owner == live[0], f"shard {s}: {owner} took it, not {live[0]}"
+            assert epoch > before[s][1] and epoch != INITIAL_EPOCH
+            # The epoch is the claimant's own: 64 * round + its index in the topology.
+            assert epoch % 64 == [d.name for d in stack.topology.dcs].index(owner)
+        shown = subprocess.run(
+            [
+                *(sys.executable, "-m", "cli", "ownership", "show", "--dc", survivors[0]),
+                *("--format", "json", "--topology", str(stack.topology_file)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        report = json.loads(shown.stdout)
+        assert report["as_seen_by"] == survivors[0]
+        for row in (r for r in report["shards"] if r["shard"] in moved):
+            assert (row["owner_dc"], row["epoch"]) == after[row["shard"]][:2]
+            assert (row["claim_reason"], row["cut_epoch"]) == ("FAILOVER", before[row["shard"]][1])
+        assert {d["dc"]: d["suspected_by"] for d in report["dcs"]}[victim] == survivors
 
         # Every job in flight in the moved shards is restarted at the new owner and ends.
         requested = {
@@ -185,13 +212,15 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
             diffs = []
             for s in moved:
                 owner = after[s][0]
+                # The stand-in servers' clusters, not those of earlier tests' inert events.
                 live = {
                     r[0]: r[1:]
                     for r in rows(
                         stack.dc(owner).database,
                         "SELECT id, status, latest_job_id, body, nodes FROM coopr_clusters"
-                        " WHERE shard = %s AND status <> 'PENDING'",
+                        " WHERE shard = %s AND status <> 'PENDING' AND id < %s",
                         s,
+                        format_cluster_id(INERT_IDS_FROM),
                     )
                 }
                 for replica in (dc for dc in survivors if dc != owner):

@@ -29,6 +29,7 @@ __all__ = [
     "links",
     "partition",
     "slow",
+    "slow_one_way",
 ]
 
 
@@ -110,14 +111,29 @@ def partition(topology: Topology, dc: str) -> list[Link]:
     return links(topology, dc)
 
 
-def cut_one_way(topology: Topology, source: str, target: str) -> Link:
-    """Cut the link ``source->target`` only: ``target`` stops hearing ``source``, while
-    ``source`` still hears ``target`` (``heal`` undoes it)."""
+def _one_way(topology: Topology, source: str, target: str) -> tuple[Link, Proxy]:
     (link,) = (link for link in links(topology, source) if link.target == target)
     server = _server(topology)
     if link.name not in server.proxies():
         raise StackError(f"the link {link.name} does not exist: run `coopr-pipeline stack up`")
-    Proxy(server, link.name, link.port).cut()
+    return link, Proxy(server, link.name, link.port)
+
+
+def cut_one_way(topology: Topology, source: str, target: str) -> Link:
+    """Cut the link ``source->target`` only: ``target`` stops hearing ``source``, while
+    ``source`` still hears ``target`` (``heal`` undoes it)."""
+    link, proxy = _one_way(topology, source, target)
+    proxy.cut()
+    return link
+
+
+def slow_one_way(topology: Topology, source: str, target: str, latency_ms: int) -> Link:
+    """Delay data on the link ``source->target`` only by ``latency_ms`` ms (``heal`` undoes
+    it)."""
+    if latency_ms < 0:
+        raise StackError(f"a latency is at least 0 ms, not {latency_ms}")
+    link, proxy = _one_way(topology, source, target)
+    proxy.slow(latency_ms)
     return link
 
 

@@ -31,6 +31,7 @@ from pipeline.stack.kafka import broker_ports, java_argv, remote_listeners, star
 from pipeline.stack.layout import check_layout, toxiproxy_port
 from pipeline.stack.links import check_links, ensure_links, links
 from pipeline.stack.processes import (
+    DC_COMPONENTS,
     KAFKA,
     MIRRORMAKER,
     POSTGRES,
@@ -376,21 +377,27 @@ def start_dc(run_dir: Path, dc: str) -> list[ProcessStatus]:
     return status(run_dir)
 
 
-def kill_dc(run_dir: Path, dc: str) -> list[str]:
+def kill_dc(run_dir: Path, dc: str, only: str | None = None) -> list[str]:
     """SIGKILL ``dc``'s MirrorMaker, broker and database with all their children, and every
     recorded worker of ``dc`` (the demo's), as when a DC loses power; returns what was killed.
+    With ``only`` (one of :data:`DC_COMPONENTS`), that one component and nothing else: the
+    failure of a single part, for drills. ``start_dc`` starts it again.
 
     The links stay: behind them the dead DC is unreachable, as behind a real WAN.
     """
+    if only is not None and only not in DC_COMPONENTS:
+        raise StackError(f"only: {only!r} is none of {', '.join(DC_COMPONENTS)}")
     run_dir = run_dir.resolve()
     state, topology = _running_state(run_dir)
     topology.dc(dc)
+    roles = DC_COMPONENTS if only is None else (only,)
     records = [
         state.processes[name]
-        for name in (process_name(role, dc) for role in (MIRRORMAKER, KAFKA, POSTGRES))
+        for name in (process_name(role, dc) for role in roles)
         if name in state.processes
     ]
-    records += recorded_workers(run_dir, dc)
+    if only is None:
+        records += recorded_workers(run_dir, dc)
     # All at once, as power fails: no part gets to notice another's death first.
     with ThreadPoolExecutor(max_workers=max(1, len(records))) as pool:
         killed = list(pool.map(kill, records))

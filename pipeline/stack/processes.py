@@ -52,6 +52,8 @@ POSTGRES = "postgres"
 KAFKA = "kafka"
 #: MirrorMaker 2 of a target DC (``mirrormaker-dc2`` writes into dc2).
 MIRRORMAKER = "mirrormaker"
+#: The components of a DC that ``stack kill-dc --only`` kills alone.
+DC_COMPONENTS = (MIRRORMAKER, KAFKA, POSTGRES)
 #: The one toxiproxy server of the whole stack (every link), named by its role alone.
 TOXIPROXY = "toxiproxy"
 #: Output kept in an error message when a command fails (characters, from the end).
