@@ -376,7 +376,9 @@ def _victim_figures(
     killed_wall: datetime,
 ) -> tuple[float, float]:
     """The victim's write rate (events/s) to the moved shards in the window before the kill,
-    from its outbox; the mean replication delay (ms) of those events at their new owners."""
+    from its outbox; the mean replication delay (ms) of those events at their new owners.
+    Chosen by when they occurred, not when they were applied: an applier catching up on what
+    a DC wrote while it was down (a previous run's victim) applies old events in the window."""
     since = killed_wall - timedelta(seconds=WINDOW_S)
     ((count,),) = fetch_all(
         topology.dc(victim).database,
@@ -392,10 +394,10 @@ def _victim_figures(
                 topology.dc(owner).database,
                 "SELECT extract(epoch FROM applied_at - occurred_at) * 1000 FROM replica_clusters"
                 " WHERE source_dc = %(v)s AND shard = ANY(%(s)s)"
-                " AND applied_at BETWEEN %(a)s AND %(b)s"
+                " AND occurred_at BETWEEN %(a)s AND %(b)s"
                 " UNION ALL SELECT extract(epoch FROM applied_at - occurred_at) * 1000"
                 " FROM replica_checkpoints WHERE source_dc = %(v)s AND shard = ANY(%(s)s)"
-                " AND applied_at BETWEEN %(a)s AND %(b)s",
+                " AND occurred_at BETWEEN %(a)s AND %(b)s",
                 {"v": victim, "s": shards, "a": since, "b": killed_wall},
             )
         ]

@@ -103,6 +103,9 @@ FAILOVER_S = Gauge(
 
 #: Longest wait, in seconds, for the relay to publish a shard being moved away.
 _MOVE_FLUSH_S = 30.0
+#: How often, in seconds, a handover in progress is moved on between heartbeat rounds: its
+#: writes are refused until it ends, and a round (1 s by default) is long against that.
+_HANDOVER_TICK_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +222,7 @@ class Controller(Closeable):
         self.active = True
         ACTIVE.labels(**self._labels).set(1)
         self._start()
-        next_send = time.monotonic()
+        next_send = next_step = time.monotonic()
         was_fenced = False
         while not self.stop.is_set():
             now = time.monotonic()
@@ -235,10 +238,31 @@ class Controller(Closeable):
                 if took > self.config.interval_s:
                     # Heartbeats wait for this loop: a slow round delays them all.
                     self._log.warning("controller round slow", took_s=round(took, 3))
-            msg = self._consumer.poll(max(0.0, min(0.1, next_send - time.monotonic())))
+            handing_over = self._handing_over()
+            wait = _HANDOVER_TICK_S if handing_over else 0.1
+            msg = self._consumer.poll(max(0.0, min(wait, next_send - time.monotonic())))
             if msg is not None:
                 self._receive(msg)
+            if handing_over and time.monotonic() >= next_step:
+                self._step_handovers(time.monotonic())
+                next_step = time.monotonic() + _HANDOVER_TICK_S
         self._log.info("controller stopped")
+
+    def _handing_over(self) -> bool:
+        """Whether a move waits for its relay here, or a claim for promises or its cut."""
+        return bool(self._moves) or any(c.phase is Phase.PROMISING for c in self._claiming.values())
+
+    def _step_handovers(self, now: float) -> None:
+        """Between rounds: a started move claims as soon as its relay has flushed, and a claim
+        takes over as soon as its promises and its cut are there (the same steps as in
+        :meth:`_act`, sooner)."""
+        if self._moves:
+            for request in self._store.open_requests():
+                if request.kind == "move" and request.started:
+                    self._move(request, now)
+        for claiming in list(self._claiming.values()):
+            if claiming.phase is Phase.PROMISING:
+                self._await_promises(claiming, now)
 
     def _start(self) -> None:
         """Take charge: learn every claim so far, then make leases finite, before the first
@@ -434,6 +458,9 @@ class Controller(Closeable):
             self._promise(claim.shard, claim.epoch, now)
         else:
             self._reload()
+        if claim.to_dc == self.config.dc:
+            # Made on this DC's behalf (a planned move here): seen through from now on.
+            self._resume_claims(now)
 
     def _renew(self, now: float) -> None:
         """Extend the lease of every shard this DC owns and has promised nothing above."""
