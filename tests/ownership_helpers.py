@@ -4,7 +4,7 @@ has it, and a bounded wait."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 from pipeline.db import fetch_all
@@ -47,6 +47,14 @@ def ownership(stack: RunningStack, dc: str) -> Ownership:
         " FROM shard_ownership",
     )
     return {s: (owner, epoch, ok) for s, owner, epoch, ok in rows}
+
+
+def busiest(view: Ownership, dcs: Iterable[str]) -> tuple[str, list[int]]:
+    """The DC of ``dcs`` owning the most shards in ``view`` (the first by name on a tie), and
+    those shards: the victim a drill picks, so that a failure moves as much as it can."""
+    counts = {dc: sum(1 for o, _, _ in view.values() if o == dc) for dc in sorted(dcs)}
+    victim = max(counts, key=lambda dc: counts[dc])
+    return victim, sorted(s for s, (o, _, _) in view.items() if o == victim)
 
 
 def writable_everywhere(stack: RunningStack) -> bool:

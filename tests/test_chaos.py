@@ -35,6 +35,7 @@ from tests.outbox_helpers import INERT_IDS_FROM, cluster_ids_of, inert_event
 from tests.ownership_helpers import (
     TIMEOUT_S,
     Ownership,
+    busiest,
     controller,
     controllers_of,
     hears_all,
@@ -162,9 +163,7 @@ def set_scene(stack: RunningStack, controllers: dict[str, WorkerProcess]) -> Sce
     wait_until(lambda: writable_everywhere(stack), 30, "every shard writable at its owner")
     ((since,),) = fetch_all(stack.dc("dc1").database, "SELECT clock_timestamp()::text")
     before = ownership(stack, "dc1")
-    counts = {dc: sum(1 for o, _, _ in before.values() if o == dc) for dc in controllers}
-    victim = max(sorted(counts), key=lambda dc: counts[dc])
-    return Scene(since, before, victim, sorted(s for s, (o, _, _) in before.items() if o == victim))
+    return Scene(since, before, *busiest(before, controllers))
 
 
 @contextmanager

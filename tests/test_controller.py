@@ -25,6 +25,7 @@ from tests.conftest import RunningStack
 from tests.outbox_helpers import INERT_IDS_FROM, publish_events
 from tests.ownership_helpers import (
     TIMEOUT_S,
+    busiest,
     controllers_of,
     hears_all,
     ownership,
@@ -55,10 +56,8 @@ def test_a_dc_cut_off_fences_itself_loses_its_shards_and_catches_up_after_the_he
     wait_until(lambda: writable_everywhere(stack), 30, "every shard writable at its owner")
     assert all(not (w.health() or {})["fenced"] for w in controllers.values())
     before = ownership(stack, "dc1")
-    counts = {dc: sum(1 for o, _, _ in before.values() if o == dc) for dc in controllers}
-    victim = max(sorted(counts), key=lambda dc: counts[dc])
+    victim, moved = busiest(before, controllers)
     survivors = [dc for dc in controllers if dc != victim]
-    moved = sorted(s for s, (owner, _, _) in before.items() if owner == victim)
     assert moved, before
     # The victim's applier is to catch up after the heal; the survivors' relays publish.
     others = [WorkerProcess(stack.topology_file, "worker", "applier", "--dc", victim)]
@@ -261,9 +260,7 @@ def test_a_dc_drained_for_maintenance_hands_every_shard_over_and_gets_one_back(
     wait_until(lambda: hears_all(controllers), 60, "every controller hears every other")
     wait_until(lambda: writable_everywhere(stack), 30, "every shard writable at its owner")
     before = ownership(stack, "dc1")
-    counts = {dc: sum(1 for o, _, _ in before.values() if o == dc) for dc in controllers}
-    drained = max(sorted(counts), key=lambda dc: counts[dc])
-    owned = sorted(s for s, (o, _, _) in before.items() if o == drained)
+    drained, owned = busiest(before, controllers)
 
     def move(*args: str) -> str:
         done = subprocess.run(

@@ -27,6 +27,7 @@ from tests.conftest import RunningStack
 from tests.outbox_helpers import INERT_IDS_FROM
 from tests.ownership_helpers import (
     TIMEOUT_S,
+    busiest,
     ownership,
     taken_over,
     wait_until,
@@ -87,10 +88,8 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
     time.sleep(8)
 
     before = ownership(stack, dcs[0])
-    counts = {dc: sum(1 for o, _, _ in before.values() if o == dc) for dc in dcs}
-    victim = max(sorted(counts), key=lambda dc: counts[dc])
+    victim, moved = busiest(before, dcs)
     survivors = [dc for dc in dcs if dc != victim]
-    moved = sorted(s for s, (o, _, _) in before.items() if o == victim)
     in_flight = {
         job
         for (job,) in rows(

@@ -19,6 +19,7 @@ from tests.conftest import RunningStack
 from tests.ownership_helpers import (
     TIMEOUT_S,
     Ownership,
+    busiest,
     controller,
     controllers_of,
     hears_all,
@@ -47,13 +48,6 @@ def controllers(stack: RunningStack) -> Iterator[dict[str, WorkerProcess]]:
         yield started
 
 
-def busiest(stack: RunningStack, view: Ownership) -> tuple[str, list[int]]:
-    """The DC owning the most shards in ``view``, and those shards."""
-    dcs = [dc.name for dc in stack.topology.data_dcs]
-    victim = max(dcs, key=lambda dc: (sum(1 for o, _, _ in view.values() if o == dc), dc))
-    return victim, sorted(s for s, (o, _, _) in view.items() if o == victim)
-
-
 def epochs(view: Ownership) -> dict[int, tuple[str, int]]:
     return {s: (owner, epoch) for s, (owner, epoch, _) in view.items()}
 
@@ -67,7 +61,7 @@ def test_a_dc_losing_one_component_loses_its_shards_and_is_demoted_when_it_is_ba
     time the majority suspects the DC and takes its shards, and the DC, whose leases ended
     first, is demoted once the component is back."""
     before = ownership(stack, "dc1")
-    victim, moved = busiest(stack, before)
+    victim, moved = busiest(before, controllers)
     survivors = [dc for dc in controllers if dc != victim]
     killed_at = time.monotonic()
     kill_dc(stack.run_dir, victim, only=component)
@@ -107,7 +101,7 @@ def test_one_link_cut_one_way_is_suspected_by_one_dc_and_moves_nothing(
     stack: RunningStack, controllers: dict[str, WorkerProcess]
 ) -> None:
     before = ownership(stack, "dc1")
-    source, owned = busiest(stack, before)
+    source, owned = busiest(before, controllers)
     target, third = (dc for dc in controllers if dc != source)
     cut_one_way(stack.topology, source, target)
     try:
@@ -136,7 +130,7 @@ def test_a_standby_controller_takes_over_and_nothing_moves(
     stack: RunningStack, controllers: dict[str, WorkerProcess]
 ) -> None:
     before = ownership(stack, "dc1")
-    dc, owned = busiest(stack, before)
+    dc, owned = busiest(before, controllers)
     standby = controller(stack, dc)
     try:
         wait_until(lambda: (standby.health() or {}).get("active") is False, 30, "the standby up")
