@@ -1,22 +1,43 @@
-"""How commands print: aligned plain-text tables and indented JSON on stdout."""
+"""How commands print: tables (rich, without borders, so they stay easy to grep), indented
+JSON, one JSON object per line for streams, and progress bars on stderr."""
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["table", "to_json"]
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+__all__ = ["json_line", "progress", "table", "to_json"]
+
+# Wide enough that no table of the project wraps: a wrapped row breaks grep and awk.
+_WIDTH = 1000
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Columns left-aligned, two spaces apart, no trailing blanks: easy to read and to grep."""
-    cells = [[str(c) for c in headers], *[[str(c) for c in r] for r in rows]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
-    )
+    grid = Table(box=None, pad_edge=False, padding=(0, 1), show_edge=False, highlight=False)
+    for header in headers:
+        grid.add_column(header, no_wrap=True, overflow="ignore", header_style="")
+    for row in rows:
+        grid.add_row(*(str(c) for c in row))
+    out = io.StringIO()
+    Console(file=out, width=_WIDTH, color_system=None, emoji=False, markup=False).print(grid)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines())
 
 
 def to_json(value: Any) -> str:
@@ -24,3 +45,28 @@ def to_json(value: Any) -> str:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     return json.dumps(value, default=dict, indent=2)
+
+
+def json_line(value: Any) -> str:
+    """``value`` as one line of JSON (streams: one object per line); dates and bytes as
+    strings."""
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+@contextmanager
+def progress(description: str, total: int | None) -> Iterator[Progress]:
+    """A progress bar on stderr (shown only when stderr is a terminal); the caller advances
+    ``task 0`` by records done."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    bar.add_task(description, total=total)
+    with bar:
+        yield bar

@@ -55,8 +55,8 @@ from confluent_kafka import (
 )
 from prometheus_client import Counter, Gauge, Histogram
 
+from consumer.decoding import decode_incoming
 from consumer.dlq import DeadLetterShipper, RefusedRecord
-from consumer.sequencing import Position
 from consumer.store import (
     Applied,
     Incoming,
@@ -65,13 +65,12 @@ from consumer.store import (
     refused_by_database,
     stored_offsets,
 )
-from pipeline.codec import decode_record
 from pipeline.db import ConnectionTimeouts, connect
 from pipeline.errors import CodecError, PipelineError, TopicNameError, first_line
 from pipeline.kafka_config import KafkaSettings
 from pipeline.logging import get_logger
 from pipeline.shutdown import Closeable
-from pipeline.topics import mirrored, parse_mirrored_shard, shard_topic
+from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
 
 __all__ = ["Applier", "ApplierConfig", "replicated_topics"]
@@ -395,28 +394,13 @@ class Applier(Closeable):
             batch.next_offsets[key] = offset + 1
             value = msg.value()
             try:
-                source = parse_mirrored_shard(topic)
-                if value is None:
-                    raise CodecError("the record has no value")
-                name, record = decode_record(value)
-                if name not in ("OperationCompleted", "RestartCheckpoint"):
-                    raise CodecError(f"a {name} is not a shard event")
-                if record["shard"] != source.shard or record["owner_dc"] != source.source_dc:
-                    raise CodecError(
-                        f"the event names shard {record['shard']} of {record['owner_dc']},"
-                        f" but it was read from {topic}"
-                    )
+                batch.events.append(decode_incoming(topic, partition, offset, msg.key(), value))
             except (CodecError, TopicNameError) as e:
                 batch.refused.append(
                     RefusedRecord(
                         topic, partition, offset, msg.key(), value, str(e), type(e).__name__
                     )
                 )
-                continue
-            position = Position(source.shard, source.source_dc, record["epoch"], record["seq"])
-            batch.events.append(
-                Incoming(topic, partition, offset, position, name, record, value, msg.key())
-            )
         return batch
 
     def _fail(self, batch: _Batch, error: Exception, backoff: float) -> None:

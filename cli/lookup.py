@@ -1,0 +1,290 @@
+"""Where things are and what they hold, for the operator's commands: each DC's Kafka and
+database reached within ``--timeout``, the shard topics of a DC and their offset ranges, the
+offsets its applier stored, and records read from a range of offsets.
+
+Every failure to answer is an :class:`~pipeline.errors.UnreachableError` naming the DC and
+the component (its Kafka or its database), so a command ends with one line, not a trace.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import click
+import psycopg2.extensions
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
+
+from pipeline.db import ConnectionTimeouts, connect
+from pipeline.errors import PipelineError, UnreachableError
+from pipeline.kafka_config import KafkaSettings
+from pipeline.topics import SHARD_PREFIX, mirrored, parse_mirrored_shard, shard_topic
+from pipeline.topology import DataCenter, Topology
+
+__all__ = [
+    "OffsetRange",
+    "applied_offsets",
+    "database",
+    "format_option",
+    "kafka_settings",
+    "offset_for_time",
+    "offset_ranges",
+    "read_range",
+    "shard_topics",
+    "timeout_option",
+    "topic_of",
+]
+
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output: a table, or JSON (one object per line for streams).",
+)
+
+timeout_option = click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(0.5, 600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a broker or database may take to answer before the command gives up.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRange:
+    """Partition 0 of a topic: its first retained offset and its end (the next offset)."""
+
+    low: int
+    high: int
+
+    def check(self, topic: str, offset: int) -> None:
+        """:class:`PipelineError` giving the range when ``offset`` is outside it (the end
+        itself is allowed: nothing to read yet)."""
+        if not self.low <= offset <= self.high:
+            raise PipelineError(
+                f"offset {offset} is outside {topic}: it holds offsets {self.low} to"
+                f" {self.high - 1}" + (" (empty)" if self.low == self.high else "")
+            )
+
+
+def kafka_settings(site: DataCenter, timeout_s: float) -> KafkaSettings:
+    """Settings for ``site``'s Kafka whose requests give up after ``timeout_s``."""
+    return KafkaSettings(
+        bootstrap_servers=site.kafka,
+        client_id="coopr-cli",
+        request_timeout_ms=int(timeout_s * 1000),
+    )
+
+
+def database(site: DataCenter, timeout_s: float) -> psycopg2.extensions.connection:
+    """A connection to ``site``'s database; :class:`UnreachableError` naming the DC when it
+    does not answer within ``timeout_s``."""
+    timeouts = ConnectionTimeouts(connect_s=max(1, math.ceil(timeout_s)))
+    try:
+        return connect(site.database, timeouts=timeouts)
+    except UnreachableError as e:
+        raise UnreachableError(f"{site.name}'s database did not answer: {e}") from None
+
+
+def _unreachable(site: DataCenter, timeout_s: float, what: str) -> UnreachableError:
+    return UnreachableError(
+        f"{site.name}'s Kafka at {site.kafka} did not answer within {timeout_s:g} s ({what})"
+    )
+
+
+def shard_topics(site: DataCenter, timeout_s: float) -> list[str]:
+    """The shard topics in ``site``'s Kafka, local and mirrored copies, sorted by source DC
+    and shard (local ones first)."""
+    admin = AdminClient(kafka_settings(site, timeout_s).admin())
+    try:
+        names = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException:
+        raise _unreachable(site, timeout_s, "listing topics") from None
+    local = sorted(t for t in names if t.startswith(SHARD_PREFIX))
+    copies = []
+    for name in names:
+        try:
+            copy = parse_mirrored_shard(name)
+        except PipelineError:
+            continue
+        copies.append((copy.source_dc, copy.shard, name))
+    return local + [name for _, _, name in sorted(copies)]
+
+
+def offset_ranges(
+    site: DataCenter, topics: Iterable[str], timeout_s: float
+) -> dict[str, OffsetRange]:
+    """The offset range of partition 0 of each of ``topics`` in ``site``'s Kafka, asked in
+    two requests; :class:`UnreachableError` when the broker does not answer in time."""
+    topics = list(topics)
+    if not topics:
+        return {}
+    admin = AdminClient(kafka_settings(site, timeout_s).admin())
+    ends: dict[str, list[int]] = {t: [] for t in topics}
+    # Untyped in the library.
+    specs = (OffsetSpec.earliest(), OffsetSpec.latest())  # type: ignore[no-untyped-call]
+    for spec in specs:
+        futures = admin.list_offsets(
+            {TopicPartition(t, 0): spec for t in topics}, request_timeout=timeout_s
+        )
+        for tp, future in futures.items():
+            try:
+                ends[tp.topic].append(int(future.result(timeout=timeout_s).offset))
+            except KafkaException as e:
+                raise PipelineError(
+                    f"{site.name}: no offsets for {tp.topic}: {e.args[0].str()}"
+                ) from None
+            except TimeoutError:
+                raise _unreachable(site, timeout_s, f"offsets of {tp.topic}") from None
+    return {t: OffsetRange(low, high) for t, (low, high) in ends.items()}
+
+
+def applied_offsets(conn: psycopg2.extensions.connection) -> dict[str, int]:
+    """The next offset the DC's applier will read of each mirrored topic (partition 0), as
+    stored in its database with the rows it applied."""
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT topic, next_offset FROM applied_offsets WHERE partition = 0")
+        return {topic: int(offset) for topic, offset in cur.fetchall()}
+
+
+def topic_of(
+    topology: Topology,
+    dc: str,
+    shard: int | None,
+    source: str | None,
+    topic: str | None,
+    existing: Iterable[str],
+) -> str:
+    """The topic meant by ``--topic T``, or by ``--shard S [--source DC]`` in DC ``dc``: the
+    shard's local topic without a source (or with ``dc`` itself), else the copy mirrored from
+    ``source``. A :class:`PipelineError` lists the DC's shard topics when it does not exist."""
+    existing = sorted(existing)
+    if topic is None:
+        if shard is None:
+            raise click.UsageError(
+                "give --shard S (with --source DC for a mirrored copy) or --topic T"
+            )
+        if not 0 <= shard < topology.shard_count:
+            raise PipelineError(
+                f"no shard {shard}: the topology has shards 0 to {topology.shard_count - 1}"
+            )
+        if source is not None:
+            topology.dc(source)
+        topic = shard_topic(shard) if source in (None, dc) else mirrored(source, shard_topic(shard))
+    if topic not in existing:
+        raise PipelineError(
+            f"no topic {topic} in {dc}'s Kafka; its shard topics are: " + ", ".join(existing)
+        )
+    return topic
+
+
+def offset_for_time(
+    site: DataCenter, topic: str, at_ms: int, span: OffsetRange, timeout_s: float
+) -> int:
+    """The first offset of ``topic`` whose record is stamped at or after ``at_ms`` (the
+    broker's time index), or the end when none is. A :class:`PipelineError` gives the
+    earliest retained record's time when ``at_ms`` is before it and retention deleted older
+    records."""
+    consumer = _reader(site, timeout_s)
+    try:
+        found = consumer.offsets_for_times([TopicPartition(topic, 0, at_ms)], timeout=timeout_s)
+        if span.low > 0:
+            first = _first_time(consumer, topic, span.low, timeout_s)
+            if first is not None and at_ms < first:
+                raise PipelineError(
+                    f"{topic} no longer holds records from before {_iso(first)}: retention"
+                    f" deleted offsets 0 to {span.low - 1}; the earliest is offset {span.low}"
+                )
+    except KafkaException:
+        raise _unreachable(site, timeout_s, f"the time index of {topic}") from None
+    finally:
+        consumer.close()
+    offset = found[0].offset
+    return span.high if offset < 0 else int(offset)
+
+
+def read_range(
+    site: DataCenter,
+    topic: str,
+    start: int,
+    stop: int | None,
+    timeout_s: float,
+    *,
+    follow: threading.Event | None = None,
+) -> Iterator[Message]:
+    """The records of ``topic`` [0] from offset ``start`` up to ``stop`` (exclusive), read by
+    a consumer that joins no group and commits nothing. Without ``stop`` it ends at the end it
+    finds, unless ``follow`` is given: then it waits for new records until that is set. A
+    broker silent for ``timeout_s`` while records are due is an :class:`UnreachableError`."""
+    if stop is not None and start >= stop:
+        return
+    consumer = _reader(site, timeout_s)
+    try:
+        consumer.assign([TopicPartition(topic, 0, start)])
+        next_offset, quiet_since = start, time.monotonic()
+        while not (follow is not None and follow.is_set()):
+            records = [m for m in consumer.consume(500, timeout=0.2) if m.error() is None]
+            if records:
+                quiet_since = time.monotonic()
+            elif follow is None and _at_end(consumer, topic, next_offset, stop, timeout_s):
+                return
+            elif follow is None and time.monotonic() - quiet_since > timeout_s:
+                raise _unreachable(site, timeout_s, f"reading {topic} at offset {next_offset}")
+            for msg in records:
+                next_offset = (msg.offset() or 0) + 1
+                if stop is not None and next_offset > stop:
+                    return
+                yield msg
+            if stop is not None and next_offset >= stop:
+                return
+    except KafkaException:
+        raise _unreachable(site, timeout_s, f"reading {topic}") from None
+    finally:
+        consumer.close()
+
+
+def _at_end(
+    consumer: Consumer, topic: str, next_offset: int, stop: int | None, timeout_s: float
+) -> bool:
+    _, high = consumer.get_watermark_offsets(
+        TopicPartition(topic, 0), timeout=timeout_s, cached=False
+    )
+    return next_offset >= (high if stop is None else min(stop, high))
+
+
+def _reader(site: DataCenter, timeout_s: float) -> Consumer:
+    # A group id is required by librdkafka even for assign(); nothing is ever committed.
+    return Consumer(
+        kafka_settings(site, timeout_s).consumer(
+            f"coopr-cli-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": False}
+        )
+    )
+
+
+def _first_time(consumer: Consumer, topic: str, offset: int, timeout_s: float) -> int | None:
+    consumer.assign([TopicPartition(topic, 0, offset)])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                return int(msg.timestamp()[1])
+        return None
+    finally:
+        consumer.unassign()
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
