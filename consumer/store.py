@@ -42,6 +42,7 @@ __all__ = [
     "Applied",
     "Incoming",
     "apply_batch",
+    "apply_events",
     "csv_buffer",
     "permanent",
     "refused_by_database",
@@ -232,7 +233,7 @@ def apply_batch(
     stored.
     """
     with conn, conn.cursor() as cur:
-        applied = _apply(cur, events)
+        applied = apply_events(cur, events)
         held = {key: ev.offset for key, ev in applied.waiting.items()}
         kept = [r for r in refused if r.offset < held.get((r.topic, r.partition), r.offset + 1)]
         offsets = {key: min(o, held.get(key, o)) for key, o in next_offsets.items()}
@@ -260,7 +261,7 @@ def refused_by_database(
     """
     try:
         with conn.cursor() as cur:
-            _apply(cur, events)
+            apply_events(cur, events)
         return []
     except psycopg2.Error as e:
         if not permanent(e):
@@ -281,8 +282,9 @@ def permanent(error: psycopg2.Error) -> bool:
     return code[:2] in ("22", "23", "54")
 
 
-def _apply(cur: psycopg2.extensions.cursor, events: Sequence[Incoming]) -> Applied:
-    """Sequence and upsert ``events`` in the cursor's transaction (steps 1 to 4)."""
+def apply_events(cur: psycopg2.extensions.cursor, events: Sequence[Incoming]) -> Applied:
+    """Sequence and upsert ``events`` in the cursor's transaction (steps 1 to 4), without
+    storing offsets or dead letters: the caller commits, or rolls back."""
     cur.execute(_STAGING)
     shards = sorted({ev.position.shard for ev in events})
     states: dict[int, ShardState] = {}
