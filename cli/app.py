@@ -1,7 +1,9 @@
 """The ``coopr-pipeline`` command: global options, error reporting, and its command groups.
 
 Every command turns a :class:`~pipeline.errors.PipelineError` into one line on stderr and
-exit status 1 (2 for wrong usage, as click does), never a stack trace.
+exit status 1, and wrong usage into one line and exit status 2 (as click does, but without
+click's usage block: at 3 a.m. the error is the line that matters, ``--help`` is a step away),
+never a stack trace.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import click
 from cli.bench import bench
 from cli.db import db
 from cli.ownership import ownership
+from cli.replay import replay
 from cli.simulate import demo, simulate
 from cli.stack import stack
 from cli.worker import worker
@@ -31,6 +34,10 @@ class _Group(click.Group):
         except PipelineError as e:
             click.secho(f"error: {e}", err=True, fg="red")
             ctx.exit(1)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            click.secho(f"error: {e.format_message()} (see {where} --help)", err=True, fg="red")
+            ctx.exit(e.exit_code)
 
 
 @click.group(cls=_Group)
@@ -49,5 +56,5 @@ def main(log_level: str, log_json: bool | None) -> None:
     configure_logging(log_level, json=log_json)
 
 
-for _command in (stack, db, worker, ownership, simulate, demo, bench):
+for _command in (stack, db, worker, ownership, replay, simulate, demo, bench):
     main.add_command(_command)

@@ -34,7 +34,15 @@ from dataclasses import dataclass, field
 
 from pipeline.ownership import INITIAL_EPOCH
 
-__all__ = ["Gap", "Position", "SequenceCheck", "ShardState", "check_sequence"]
+__all__ = [
+    "Gap",
+    "Position",
+    "ReplayCheck",
+    "SequenceCheck",
+    "ShardState",
+    "check_replay",
+    "check_sequence",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,3 +175,38 @@ def _replayed(result: SequenceCheck, i: int, ev: Position, state: ShardState) ->
     result.late.append(i)
     result.apply.append(i)
     result.states[ev.shard] = ShardState(state.source_dc, state.epoch, state.last_seq, narrowed)
+
+
+@dataclass(slots=True)
+class ReplayCheck:
+    """The outcome of :func:`check_replay`: indexes of events per verdict."""
+
+    #: Events whose rows a replay may write (under the row guard).
+    candidates: list[int] = field(default_factory=list)
+    fenced: list[int] = field(default_factory=list)
+    #: Events of an epoch newer than the shard's: not applied by the applier yet.
+    ahead: list[int] = field(default_factory=list)
+
+
+def check_replay(
+    state: ShardState | None,
+    events: Iterable[Position],
+    cuts: Mapping[tuple[int, int], int] | None = None,
+) -> ReplayCheck:
+    """Classify events of one shard that the applier has already passed, for a replay
+    (``docs/replay.md``): the fence is the applier's (a cut below the seq, or an older epoch
+    that no claim cut), the sequence is not (a replayed event is not a duplicate: the row
+    guard decides). ``state`` is the shard's current state, ``None`` if never applied."""
+    cuts = cuts or {}
+    verdicts = SequenceCheck()
+    result = ReplayCheck()
+    for i, ev in enumerate(events):
+        if _superseded(verdicts, i, ev, state, cuts.get((ev.shard, ev.epoch))):
+            continue
+        if state is None or ev.epoch > state.epoch:
+            result.ahead.append(i)
+        else:
+            result.candidates.append(i)
+    result.fenced = verdicts.fenced
+    result.candidates = sorted(verdicts.tail + result.candidates)
+    return result

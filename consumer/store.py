@@ -48,6 +48,7 @@ __all__ = [
     "refused_by_database",
     "rows_of",
     "stored_offsets",
+    "write_rows",
 ]
 
 _STAGING = (
@@ -80,23 +81,27 @@ _CHECKPOINT_COLUMNS = (
     "payload",
     "occurred_at",
 )
-_UPSERT_CLUSTERS = """
-INSERT INTO replica_clusters AS r ({cols}) SELECT {cols} FROM stage_clusters
-ON CONFLICT (cluster_id) DO UPDATE SET
-    shard = EXCLUDED.shard, source_dc = EXCLUDED.source_dc, epoch = EXCLUDED.epoch,
-    seq = EXCLUDED.seq, status = EXCLUDED.status, deleted = EXCLUDED.deleted,
-    latest_job_id = EXCLUDED.latest_job_id, body = EXCLUDED.body, nodes = EXCLUDED.nodes,
-    occurred_at = EXCLUDED.occurred_at, applied_at = now()
-WHERE (r.epoch, r.seq) < (EXCLUDED.epoch, EXCLUDED.seq)
-""".format(cols=", ".join(_CLUSTER_COLUMNS))
-_UPSERT_CHECKPOINTS = """
-INSERT INTO replica_checkpoints AS r ({cols}) SELECT {cols} FROM stage_checkpoints
-ON CONFLICT (job_id) DO UPDATE SET
-    cluster_id = EXCLUDED.cluster_id, shard = EXCLUDED.shard, source_dc = EXCLUDED.source_dc,
-    epoch = EXCLUDED.epoch, seq = EXCLUDED.seq, completed = EXCLUDED.completed,
-    payload = EXCLUDED.payload, occurred_at = EXCLUDED.occurred_at, applied_at = now()
-WHERE (r.epoch, r.seq) < (EXCLUDED.epoch, EXCLUDED.seq)
-""".format(cols=", ".join(_CHECKPOINT_COLUMNS))
+
+
+def _upsert(table: str, key: str, columns: Sequence[str], *, repair: bool, returning: bool) -> str:
+    """The upsert of ``table`` from its staging table: a row is replaced only by a newer
+    ``(epoch, seq)`` (the row guard), or, with ``repair``, also by the same ``(epoch, seq)``
+    with another content (a row damaged by hand; ``docs/replay.md``)."""
+    cols = ", ".join(columns)
+    guard = "(r.epoch, r.seq) < (EXCLUDED.epoch, EXCLUDED.seq)"
+    if repair:
+        content = [c for c in columns if c not in (key, "epoch", "seq")]
+        guard += (
+            " OR ((r.epoch, r.seq) = (EXCLUDED.epoch, EXCLUDED.seq)"
+            f" AND ({', '.join('r.' + c for c in content)})"
+            f" IS DISTINCT FROM ({', '.join('EXCLUDED.' + c for c in content)}))"
+        )
+    sets = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != key)
+    return (
+        f"INSERT INTO replica_{table} AS r ({cols}) SELECT {cols} FROM stage_{table}"
+        f" ON CONFLICT ({key}) DO UPDATE SET {sets}, applied_at = now() WHERE {guard}"
+        + (" RETURNING r.epoch, r.seq" if returning else "")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +222,36 @@ def rows_of(events: Sequence[Incoming]) -> tuple[list[list[object]], list[list[o
     return [row for _, row in clusters.values()], [row for _, row in checkpoints.values()]
 
 
+def write_rows(
+    cur: psycopg2.extensions.cursor,
+    clusters: Sequence[Sequence[object]],
+    checkpoints: Sequence[Sequence[object]],
+    *,
+    repair: bool = False,
+    returning: bool = False,
+) -> list[tuple[int, int]]:
+    """Upsert the rows of :func:`rows_of` under the row guard (``repair``: see
+    :func:`_upsert`); with ``returning``, the ``(epoch, seq)`` of every row written. May be
+    called more than once in a transaction: the staging tables are emptied first."""
+    cur.execute(_STAGING)
+    written: list[tuple[int, int]] = []
+    for table, key, columns, rows, options in (
+        ("clusters", "cluster_id", _CLUSTER_COLUMNS, clusters, ""),
+        ("checkpoints", "job_id", _CHECKPOINT_COLUMNS, checkpoints, ", FORCE_NULL (payload)"),
+    ):
+        if not rows:
+            continue
+        cur.execute(f"TRUNCATE stage_{table}")
+        cur.copy_expert(
+            f"COPY stage_{table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv{options})",
+            csv_buffer(rows),
+        )
+        cur.execute(_upsert(table, key, columns, repair=repair, returning=returning))
+        if returning:
+            written += [(int(e), int(q)) for e, q in cur.fetchall()]
+    return written
+
+
 def apply_batch(
     conn: psycopg2.extensions.connection,
     events: Sequence[Incoming],
@@ -285,7 +320,6 @@ def permanent(error: psycopg2.Error) -> bool:
 def apply_events(cur: psycopg2.extensions.cursor, events: Sequence[Incoming]) -> Applied:
     """Sequence and upsert ``events`` in the cursor's transaction (steps 1 to 4), without
     storing offsets or dead letters: the caller commits, or rolls back."""
-    cur.execute(_STAGING)
     shards = sorted({ev.position.shard for ev in events})
     states: dict[int, ShardState] = {}
     cuts: dict[tuple[int, int], int] = {}
@@ -317,20 +351,7 @@ def apply_events(cur: psycopg2.extensions.cursor, events: Sequence[Incoming]) ->
             claimed.add((claim.shard, claim.epoch))
     check = check_sequence(states, [ev.position for ev in events], cuts, claimed)
     applied = [events[i] for i in check.apply]
-    clusters, checkpoints = rows_of(applied)
-    if clusters:
-        cur.copy_expert(
-            f"COPY stage_clusters ({', '.join(_CLUSTER_COLUMNS)}) FROM STDIN WITH (FORMAT csv)",
-            csv_buffer(clusters),
-        )
-        cur.execute(_UPSERT_CLUSTERS)
-    if checkpoints:
-        cur.copy_expert(
-            f"COPY stage_checkpoints ({', '.join(_CHECKPOINT_COLUMNS)}) FROM STDIN"
-            " WITH (FORMAT csv, FORCE_NULL (payload))",
-            csv_buffer(checkpoints),
-        )
-        cur.execute(_UPSERT_CHECKPOINTS)
+    write_rows(cur, *rows_of(applied))
     fenced = [events[i] for i in check.fenced]
     touched = {ev.position.shard for ev in applied} | {ev.position.shard for ev in fenced}
     if touched:
