@@ -15,6 +15,7 @@ from cli.db import db
 from cli.ownership import ownership
 from cli.simulate import demo, simulate
 from cli.stack import stack
+from cli.status import status
 from cli.worker import worker
 from pipeline.errors import PipelineError
 from pipeline.logging import configure_logging
@@ -49,5 +50,5 @@ def main(log_level: str, log_json: bool | None) -> None:
     configure_logging(log_level, json=log_json)
 
 
-for _command in (stack, db, worker, ownership, simulate, demo, bench):
+for _command in (stack, db, worker, ownership, simulate, demo, bench, status):
     main.add_command(_command)
