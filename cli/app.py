@@ -18,6 +18,7 @@ from cli.ownership import ownership
 from cli.replay import replay
 from cli.simulate import demo, simulate
 from cli.stack import stack
+from cli.status import status
 from cli.worker import worker
 from pipeline.errors import PipelineError
 from pipeline.logging import configure_logging
@@ -56,5 +57,5 @@ def main(log_level: str, log_json: bool | None) -> None:
     configure_logging(log_level, json=log_json)
 
 
-for _command in (stack, db, worker, ownership, replay, simulate, demo, bench):
+for _command in (stack, db, worker, ownership, status, replay, simulate, demo, bench):
     main.add_command(_command)

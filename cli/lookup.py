@@ -35,6 +35,7 @@ __all__ = [
     "kafka_settings",
     "offset_for_time",
     "offset_ranges",
+    "offsets_since",
     "read_range",
     "shard_topics",
     "timeout_option",
@@ -79,10 +80,13 @@ class OffsetRange:
 
 def kafka_settings(site: DataCenter, timeout_s: float) -> KafkaSettings:
     """Settings for ``site``'s Kafka whose requests give up after ``timeout_s``."""
+    # No librdkafka log lines: a broker that does not answer is reported once, in words
+    # (UnreachableError), not as a connection failure printed every 50 ms.
     return KafkaSettings(
         bootstrap_servers=site.kafka,
         client_id="coopr-cli",
         request_timeout_ms=int(timeout_s * 1000),
+        log_level=0,
     )
 
 
@@ -211,6 +215,27 @@ def offset_for_time(
         consumer.close()
     offset = found[0].offset
     return span.high if offset < 0 else int(offset)
+
+
+def offsets_since(
+    site: DataCenter, topics: Iterable[str], at_ms: int, timeout_s: float
+) -> dict[str, int | None]:
+    """Per topic of ``topics`` (partition 0) in ``site``'s Kafka, the first offset whose
+    record is stamped at or after ``at_ms`` (ms since the epoch; the broker's time index), or
+    None when no record is: one request for every topic."""
+    topics = list(topics)
+    if not topics:
+        return {}
+    consumer = _reader(site, timeout_s)
+    try:
+        found = consumer.offsets_for_times(
+            [TopicPartition(t, 0, at_ms) for t in topics], timeout=timeout_s
+        )
+    except KafkaException:
+        raise _unreachable(site, timeout_s, "the time index") from None
+    finally:
+        consumer.close()
+    return {tp.topic: None if tp.offset < 0 else int(tp.offset) for tp in found}
 
 
 def read_range(
