@@ -12,6 +12,7 @@ import click
 
 from cli.bench import bench
 from cli.db import db
+from cli.dlq import dlq
 from cli.ownership import ownership
 from cli.simulate import demo, simulate
 from cli.stack import stack
@@ -49,5 +50,5 @@ def main(log_level: str, log_json: bool | None) -> None:
     configure_logging(log_level, json=log_json)
 
 
-for _command in (stack, db, worker, ownership, simulate, demo, bench):
+for _command in (stack, db, worker, ownership, simulate, demo, bench, dlq):
     main.add_command(_command)

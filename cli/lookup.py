@@ -83,6 +83,9 @@ def kafka_settings(site: DataCenter, timeout_s: float) -> KafkaSettings:
         bootstrap_servers=site.kafka,
         client_id="coopr-cli",
         request_timeout_ms=int(timeout_s * 1000),
+        # librdkafka's own lines (a refused connection, thrice a second) would bury the
+        # command's one-line error; a broker that does not answer reaches it as a timeout.
+        log_level=0,
     )
 
 
