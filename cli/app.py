@@ -14,6 +14,7 @@ import click
 
 from cli.bench import bench
 from cli.db import db
+from cli.dlq import dlq
 from cli.ownership import ownership
 from cli.replay import replay
 from cli.simulate import demo, simulate
@@ -57,5 +58,5 @@ def main(log_level: str, log_json: bool | None) -> None:
     configure_logging(log_level, json=log_json)
 
 
-for _command in (stack, db, worker, ownership, status, replay, simulate, demo, bench):
+for _command in (stack, db, worker, ownership, status, replay, dlq, simulate, demo, bench):
     main.add_command(_command)
