@@ -12,9 +12,11 @@ import click
 
 from cli.bench import bench
 from cli.db import db
+from cli.lag import lag
 from cli.ownership import ownership
 from cli.simulate import demo, simulate
 from cli.stack import stack
+from cli.topics import topics
 from cli.worker import worker
 from pipeline.errors import PipelineError
 from pipeline.logging import configure_logging
@@ -49,5 +51,5 @@ def main(log_level: str, log_json: bool | None) -> None:
     configure_logging(log_level, json=log_json)
 
 
-for _command in (stack, db, worker, ownership, simulate, demo, bench):
+for _command in (stack, db, worker, ownership, simulate, demo, bench, topics, lag):
     main.add_command(_command)
