@@ -15,11 +15,13 @@ import click
 from cli.bench import bench
 from cli.db import db
 from cli.dlq import dlq
+from cli.lag import lag
 from cli.ownership import ownership
 from cli.replay import replay
 from cli.simulate import demo, simulate
 from cli.stack import stack
 from cli.status import status
+from cli.topics import topics
 from cli.worker import worker
 from pipeline.errors import PipelineError
 from pipeline.logging import configure_logging
@@ -58,5 +60,6 @@ def main(log_level: str, log_json: bool | None) -> None:
     configure_logging(log_level, json=log_json)
 
 
-for _command in (stack, db, worker, ownership, status, replay, dlq, simulate, demo, bench):
+_COMMANDS = (stack, db, worker, ownership, topics, lag, status, replay, dlq, simulate, demo, bench)
+for _command in _COMMANDS:
     main.add_command(_command)

@@ -183,6 +183,31 @@ def bench_applier_cmd(
     )
 
 
+@bench.command("topics")
+@click.option("--dc", default="dc1", show_default=True, help="DC whose Kafka holds the topic.")
+@_count_option
+@run_dir_option
+def bench_topics_cmd(dc: str, count: int, run_dir: Path) -> None:
+    """`topics show --format json` decode rate against `kcat -C -e` reading the same topic raw."""
+    from bench.topics import bench_topics_show
+
+    r = bench_topics_show(_running_topology(run_dir), dc, count=count)
+    click.echo(
+        f"reading a topic of {r.records} records of {r.record_bytes} B, whole process"
+        " (startup included) to a pipe:"
+    )
+    click.echo(
+        table(
+            ["READER", "SECONDS", "RECORDS/S"],
+            [
+                ["topics show --format json", f"{r.show_s:.2f}", f"{r.show_per_s:,.0f}"],
+                ["kcat -C -e (raw)", f"{r.kcat_s:.2f}", f"{r.kcat_per_s:,.0f}"],
+                ["ratio", "", f"{r.show_per_s / r.kcat_per_s:.2f}"],
+            ],
+        )
+    )
+
+
 @bench.command("failover")
 @click.option("--runs", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option(
@@ -267,8 +292,8 @@ def bench_failover_cmd(
 @run_dir_option
 @click.pass_context
 def bench_all(ctx: click.Context, run_dir: Path) -> None:
-    """Every benchmark: codec, a cold stack, then mirror, relay and applier on the stack in
-    --run-dir.
+    """Every benchmark: codec, a cold stack, then mirror, relay, applier and topics on the
+    stack in --run-dir.
 
     The stack in --run-dir is brought up first (the default topology) if it is not running.
     `bench failover` is left out: each of its runs kills and restarts a DC, minutes of waiting
@@ -284,3 +309,4 @@ def bench_all(ctx: click.Context, run_dir: Path) -> None:
     ctx.invoke(bench_mirror_cmd, run_dir=run_dir)
     ctx.invoke(bench_relay_cmd, run_dir=run_dir)
     ctx.invoke(bench_applier_cmd, run_dir=run_dir)
+    ctx.invoke(bench_topics_cmd, run_dir=run_dir)

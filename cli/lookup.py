@@ -12,8 +12,9 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import click
 import psycopg2.extensions
@@ -28,10 +29,12 @@ from pipeline.topics import SHARD_PREFIX, mirrored, parse_mirrored_shard, shard_
 from pipeline.topology import DataCenter, Topology
 
 __all__ = [
+    "TIME",
     "OffsetRange",
     "applied_offsets",
     "database",
     "format_option",
+    "iso_time",
     "kafka_settings",
     "offset_for_time",
     "offset_ranges",
@@ -39,6 +42,8 @@ __all__ = [
     "read_range",
     "shard_topics",
     "timeout_option",
+    "timestamps_at",
+    "topic_names",
     "topic_of",
 ]
 
@@ -59,6 +64,42 @@ timeout_option = click.option(
     show_default=True,
     help="Seconds a broker or database may take to answer before the command gives up.",
 )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class _Time(click.ParamType[int]):
+    """A point in time, converted to milliseconds since the epoch: ISO-8601 (UTC when it names
+    no zone) or a number of milliseconds since the epoch."""
+
+    name = "time"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.isdigit():
+            return int(text)
+        try:
+            at = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{text!r} is neither ISO-8601 (2024-05-01T12:00:00Z, UTC when no zone is"
+                " given) nor milliseconds since the epoch",
+                param,
+                ctx,
+            )
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        # Integer arithmetic: a float timestamp can land a millisecond early.
+        return (at - _EPOCH) // timedelta(milliseconds=1)
+
+
+#: The type of a ``--from-time`` option: ISO-8601 or epoch ms, given as epoch ms.
+TIME = _Time()
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +147,23 @@ def _unreachable(site: DataCenter, timeout_s: float, what: str) -> UnreachableEr
     )
 
 
+def topic_names(site: DataCenter, timeout_s: float) -> set[str]:
+    """Every topic in ``site``'s Kafka; :class:`UnreachableError` when it does not answer."""
+    admin = AdminClient(kafka_settings(site, timeout_s).admin())
+    try:
+        return set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException:
+        raise _unreachable(site, timeout_s, "listing topics") from None
+
+
 def shard_topics(site: DataCenter, timeout_s: float) -> list[str]:
     """The shard topics in ``site``'s Kafka, local and mirrored copies, sorted by source DC
     and shard (local ones first)."""
-    admin = AdminClient(kafka_settings(site, timeout_s).admin())
-    try:
-        names = admin.list_topics(timeout=timeout_s).topics
-    except KafkaException:
-        raise _unreachable(site, timeout_s, "listing topics") from None
+    return _shard_topics_among(topic_names(site, timeout_s))
+
+
+def _shard_topics_among(names: Iterable[str]) -> list[str]:
+    names = set(names)
     local = sorted(t for t in names if t.startswith(SHARD_PREFIX))
     copies = []
     for name in names:
@@ -171,8 +221,10 @@ def topic_of(
 ) -> str:
     """The topic meant by ``--topic T``, or by ``--shard S [--source DC]`` in DC ``dc``: the
     shard's local topic without a source (or with ``dc`` itself), else the copy mirrored from
-    ``source``. A :class:`PipelineError` lists the DC's shard topics when it does not exist."""
-    existing = sorted(existing)
+    ``source``. ``existing`` are the DC's topics (all, or only its shard topics); any of them
+    may be named with ``--topic``. A :class:`PipelineError` lists the DC's shard topics when
+    the topic does not exist."""
+    existing = set(existing)
     if topic is None:
         if shard is None:
             raise click.UsageError(
@@ -187,7 +239,8 @@ def topic_of(
         topic = shard_topic(shard) if source in (None, dc) else mirrored(source, shard_topic(shard))
     if topic not in existing:
         raise PipelineError(
-            f"no topic {topic} in {dc}'s Kafka; its shard topics are: " + ", ".join(existing)
+            f"no topic {topic} in {dc}'s Kafka; its shard topics are: "
+            + (", ".join(_shard_topics_among(existing)) or "none")
         )
     return topic
 
@@ -206,7 +259,7 @@ def offset_for_time(
             first = _first_time(consumer, topic, span.low, timeout_s)
             if first is not None and at_ms < first:
                 raise PipelineError(
-                    f"{topic} no longer holds records from before {_iso(first)}: retention"
+                    f"{topic} no longer holds records from before {iso_time(first)}: retention"
                     f" deleted offsets 0 to {span.low - 1}; the earliest is offset {span.low}"
                 )
     except KafkaException:
@@ -287,11 +340,40 @@ def _at_end(
     return next_offset >= (high if stop is None else min(stop, high))
 
 
-def _reader(site: DataCenter, timeout_s: float) -> Consumer:
+def timestamps_at(site: DataCenter, offsets: Mapping[str, int], timeout_s: float) -> dict[str, int]:
+    """The timestamp (ms since the epoch) of the record at each topic's offset (partition 0),
+    all read by one consumer; at an offset retention deleted, the first record kept. Every
+    offset must hold a record (be below the topic's end). :class:`UnreachableError` naming
+    the topics whose record did not come within ``timeout_s``."""
+    if not offsets:
+        return {}
+    # One record per partition is all it needs: small fetches.
+    consumer = _reader(site, timeout_s, **{"max.partition.fetch.bytes": 65536})
+    found: dict[str, int] = {}
+    try:
+        consumer.assign([TopicPartition(t, 0, o) for t, o in offsets.items()])
+        deadline = time.monotonic() + timeout_s
+        while len(found) < len(offsets):
+            if time.monotonic() > deadline:
+                missing = ", ".join(sorted(offsets.keys() - found.keys()))
+                raise _unreachable(site, timeout_s, f"reading the records of {missing}")
+            for msg in consumer.consume(500, timeout=0.2):
+                topic = msg.topic()
+                if msg.error() is None and topic is not None and topic not in found:
+                    found[topic] = int(msg.timestamp()[1])
+                    consumer.pause([TopicPartition(topic, 0)])
+    except KafkaException:
+        raise _unreachable(site, timeout_s, "reading records") from None
+    finally:
+        consumer.close()
+    return found
+
+
+def _reader(site: DataCenter, timeout_s: float, **overrides: str | int | bool) -> Consumer:
     # A group id is required by librdkafka even for assign(); nothing is ever committed.
     return Consumer(
         kafka_settings(site, timeout_s).consumer(
-            f"coopr-cli-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": False}
+            f"coopr-cli-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": False, **overrides}
         )
     )
 
@@ -309,7 +391,6 @@ def _first_time(consumer: Consumer, topic: str, offset: int, timeout_s: float) -
         consumer.unassign()
 
 
-def _iso(ms: int) -> str:
-    from datetime import UTC, datetime
-
+def iso_time(ms: int) -> str:
+    """Milliseconds since the epoch as ISO-8601 in UTC, to the millisecond."""
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
