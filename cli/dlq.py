@@ -20,7 +20,14 @@ import click
 import psycopg2
 import psycopg2.extensions
 
-from cli.lookup import database, format_option, offset_ranges, read_range, timeout_option
+from cli.lookup import (
+    database,
+    format_option,
+    iso_time,
+    offset_ranges,
+    read_range,
+    timeout_option,
+)
 from cli.options import topology_option
 from cli.render import json_line, progress, table, to_json
 from consumer.redrive import (
@@ -332,7 +339,7 @@ def _letter_json(dc: str, letter: DeadLetter, done: Redriven | None) -> dict[str
         "source_partition": None if source is None else source.partition,
         "source_offset": None if source is None else source.offset,
         "source_dc": letter.source_dc or None,
-        "timestamp": _iso(letter.timestamp_ms),
+        "timestamp": iso_time(letter.timestamp_ms),
         "age_s": round(_age_s(letter), 3),
         "redriven": None if done is None else _redriven_json(done),
     }
@@ -458,10 +465,6 @@ def _ago(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f} {unit}"
     return f"{seconds:.0f} s"
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
 def _cell(text: str) -> str:

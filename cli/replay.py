@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
-from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -14,6 +13,7 @@ import psycopg2.extensions
 from confluent_kafka import Message
 
 from cli.lookup import (
+    TIME,
     OffsetRange,
     applied_offsets,
     database,
@@ -53,6 +53,7 @@ _BATCH_BYTES = 16 * 1024 * 1024
 @click.option("--from-offset", type=click.IntRange(0), default=None, help="First offset to read.")
 @click.option(
     "--from-time",
+    type=TIME,
     default=None,
     help="Start at the first record stamped at or after this time (ISO 8601, UTC unless it"
     " says otherwise, or epoch ms), found with the broker's time index.",
@@ -85,7 +86,7 @@ def replay(
     shard: int,
     source: str | None,
     from_offset: int | None,
-    from_time: str | None,
+    from_time: int | None,
     to_offset: int | None,
     repair: bool,
     rebuild: bool,
@@ -140,7 +141,7 @@ def _check_usage(
     rebuild: bool,
     source: str | None,
     from_offset: int | None,
-    from_time: str | None,
+    from_time: int | None,
     to_offset: int | None,
     dry_run: bool,
     yes: bool,
@@ -174,7 +175,7 @@ def _span(
     shard: int,
     source: str | None,
     from_offset: int | None,
-    from_time: str | None,
+    from_time: int | None,
     to_offset: int | None,
     timeout_s: float,
 ) -> tuple[str, int, int]:
@@ -214,30 +215,14 @@ def _start(
     topic: str,
     span: OffsetRange,
     from_offset: int | None,
-    from_time: str | None,
+    from_time: int | None,
     timeout_s: float,
 ) -> int:
     if from_offset is not None:
         span.check(topic, from_offset)
         return from_offset
     assert from_time is not None
-    return offset_for_time(site, topic, _time_ms(from_time), span, timeout_s)
-
-
-def _time_ms(text: str) -> int:
-    """``text`` as epoch milliseconds: ISO 8601 (UTC when no zone is given) or a number."""
-    if text.isdigit():
-        return int(text)
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is neither ISO 8601 (2026-12-01T03:00:00Z) nor epoch ms",
-            param_hint="--from-time",
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() * 1000)
+    return offset_for_time(site, topic, from_time, span, timeout_s)
 
 
 def _rebuild_spans(

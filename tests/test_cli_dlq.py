@@ -441,8 +441,8 @@ def test_redrive_misuse_is_refused_before_anything_is_asked(args: list[str], mes
         main, ["dlq", "redrive", "--dc", "dc1", *args, "--topology", "/nonexistent.toml"]
     )
     assert result.exit_code == 2
-    [line] = [x for x in result.output.splitlines() if x.startswith("Error:")]
-    assert message in line
+    [line] = result.output.splitlines()
+    assert line.startswith("error: ") and message in line
 
 
 def test_errors_are_one_line_and_a_non_zero_exit(

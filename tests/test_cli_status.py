@@ -201,7 +201,9 @@ def test_status_json_matches_kafka_and_postgres(stack: RunningStack, scene: Scen
 def test_watch_counts_its_reports_and_shows_delays_per_pair(
     stack: RunningStack, scene: Scene
 ) -> None:
-    window = f"{time.time() - scene.started + 1:.0f}"
+    # Wide enough to hold the scene's rows however late the command starts: rows from before
+    # it only add to what is asserted below (at least, at most).
+    window = f"{time.time() - scene.started + 30:.0f}"
     # The exit status is the last report's: 1 only for open gaps other tests left.
     expect = int(any(scene.open_gaps.values()))
     reports = status_json(
@@ -236,24 +238,26 @@ def test_a_dc_that_does_not_answer_is_shown_down_not_a_crash(
         .replace(dead.database, f"postgresql://postgres@127.0.0.1:{closed[1]}/coopr")
     )
     began = time.monotonic()
-    done = run_cli(copy, "status", "--format", "json", "--timeout", "1", expect=1)
+    # 2 s: long enough for the live DCs on a loaded machine, short for the dead one.
+    done = run_cli(copy, "status", "--format", "json", "--timeout", "2", expect=1)
     assert time.monotonic() - began < 15
     report = json.loads(done.stdout)
     assert report["verdict"] == "degraded"
     dcs = {dc["name"]: dc for dc in report["dcs"]}
     assert dcs["dc3"]["kafka"].startswith("unreachable: dc3's Kafka")
-    assert "within 1 s" in dcs["dc3"]["kafka"]
+    assert "within 2 s" in dcs["dc3"]["kafka"]
     assert dcs["dc3"]["database"].startswith("unreachable: dc3's database")
     assert dcs["dc3"]["relay_backlog"].startswith("unreachable")
-    assert all(dcs[dc][part] == "ok" for dc in ("dc1", "dc2") for part in ("kafka", "database"))
+    live = {dc: (dcs[dc]["kafka"], dcs[dc]["database"]) for dc in ("dc1", "dc2")}
+    assert live == {"dc1": ("ok", "ok"), "dc2": ("ok", "ok")}
     assert any("dc3's Kafka" in r for r in report["reasons"])
     assert any("dc3's database" in r for r in report["reasons"])
     # The others' databases still tell every shard's owner; dc3's own cannot confirm its.
     assert len(report["shards"]) == stack.topology.shard_count
     assert {s["writable"] for s in report["shards"] if s["owner"] == "dc3"} == {None}
-    assert all(d["error"] for d in report["delays"] if d["replica"] == "dc3")
+    assert all(d["error"] for d in report["delays"] if d["replica"] == "dc3"), report["delays"]
 
-    table = run_cli(copy, "status", "--timeout", "1", expect=1).stdout
+    table = run_cli(copy, "status", "--timeout", "2", expect=1).stdout
     assert table.startswith("status: degraded")
     dc_table = table.split("\nDC ", 1)[1].split("\n\n", 1)[0]
     assert {line.split()[0]: line.split()[1:3] for line in dc_table.splitlines()[1:]} == {

@@ -207,8 +207,12 @@ def scene(stack: RunningStack) -> Iterator[Scene]:
         ]
         wait_until(lambda: unpublished(stack) == 0, 30, "every outbox row published")
         wait_until(lambda: caught_up(stack, copies), 60, f"{REPLICA} applied {copies}")
-        counts = {s: len(outbox_events(stack, s)) for s in stack.topology.owned_shards(OWNER)}
-        shard = max((s for s in counts if s not in TAKEN), key=lambda s: counts[s])
+        counts = {
+            s: len(outbox_events(stack, s))
+            for s in stack.topology.owned_shards(OWNER)
+            if s not in TAKEN
+        }
+        shard = max(counts, key=lambda s: counts[s])
         topic, copy = shard_topic(shard), mirrored(OWNER, shard_topic(shard))
         # A run of its own: a reused stack holds the clusters of earlier runs.
         run_ids_from = IDS_FROM + random.randrange(900) * 1000
