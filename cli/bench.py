@@ -208,6 +208,19 @@ def bench_topics_cmd(dc: str, count: int, run_dir: Path) -> None:
     )
 
 
+@bench.command("replay")
+@click.option("--owner", default="dc1", show_default=True, help="DC whose events are replayed.")
+@_count_option
+@run_dir_option
+def bench_replay_cmd(owner: str, count: int, run_dir: Path) -> None:
+    """`replay --from-offset` rate against the applier's own, on the same events."""
+    from bench.replay import bench_replay
+
+    r = bench_replay(_running_topology(run_dir), owner, count=count)
+    click.echo(f"applying {r.events} events of one shard into its replica's Postgres:")
+    click.echo(_throughput_table("replay", r.replay_per_s, "applier", r.applier_per_s))
+
+
 @bench.command("failover")
 @click.option("--runs", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option(
@@ -310,3 +323,4 @@ def bench_all(ctx: click.Context, run_dir: Path) -> None:
     ctx.invoke(bench_relay_cmd, run_dir=run_dir)
     ctx.invoke(bench_applier_cmd, run_dir=run_dir)
     ctx.invoke(bench_topics_cmd, run_dir=run_dir)
+    ctx.invoke(bench_replay_cmd, run_dir=run_dir)

@@ -41,6 +41,20 @@ def lagging(stack: RunningStack) -> list[str]:
     return behind
 
 
+def gap_counts(stack: RunningStack) -> dict[tuple[str, int], int]:
+    """Gaps ever detected, per replica DC and shard (shards past shard_count belong to other
+    tests' made-up sources)."""
+    return {
+        (dc.name, shard): gaps
+        for dc in stack.topology.data_dcs
+        for shard, gaps in rows(
+            dc.database,
+            "SELECT shard, gaps FROM replication_state WHERE gaps > 0 AND shard < %s",
+            stack.topology.shard_count,
+        )
+    }
+
+
 @pytest.fixture
 def workers() -> Iterator[list[WorkerProcess]]:
     started: list[WorkerProcess] = []
@@ -55,6 +69,7 @@ def test_replicas_equal_owners_after_kills_and_a_database_restart(  # noqa: C901
 ) -> None:
     topology, run_for = stack.topology, 24
     dcs = [dc.name for dc in topology.data_dcs]
+    gaps_before = gap_counts(stack)
 
     def start(*args: str) -> WorkerProcess:
         workers.append(WorkerProcess(stack.topology_file, *args))
@@ -130,16 +145,8 @@ def test_replicas_equal_owners_after_kills_and_a_database_restart(  # noqa: C901
                 else:
                     assert copies.get(cluster_id) == (status, job_id, body, nodes), cluster_id
                     compared += 1
-    gaps = [  # shards past shard_count belong to other tests' made-up sources
-        r
-        for dc in topology.data_dcs
-        for r in rows(
-            dc.database,
-            "SELECT shard, gaps FROM replication_state WHERE gaps > 0 AND shard < %s",
-            topology.shard_count,
-        )
-    ]
-    assert compared > 20 and not gaps
+    # Gaps other tests made on purpose (a dead-lettered event, redriven since) are theirs.
+    assert compared > 20 and gap_counts(stack) == gaps_before
     print(
         f"{compared} clusters equal row by row, {in_flight} jobs in flight with their checkpoints"
     )
