@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 
 import click
 import psycopg2.extensions
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._listoffsets import OffsetSpec
 
@@ -175,6 +175,10 @@ def _shard_topics_among(names: Iterable[str]) -> list[str]:
     return local + [name for _, _, name in sorted(copies)]
 
 
+#: A request that timed out in librdkafka (locally or at the broker): the broker did not answer.
+_TIMEOUTS = frozenset({KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT})
+
+
 def offset_ranges(
     site: DataCenter, topics: Iterable[str], timeout_s: float
 ) -> dict[str, OffsetRange]:
@@ -195,6 +199,8 @@ def offset_ranges(
             try:
                 ends[tp.topic].append(int(future.result(timeout=timeout_s).offset))
             except KafkaException as e:
+                if e.args[0].code() in _TIMEOUTS:
+                    raise _unreachable(site, timeout_s, f"offsets of {tp.topic}") from None
                 raise PipelineError(
                     f"{site.name}: no offsets for {tp.topic}: {e.args[0].str()}"
                 ) from None
