@@ -14,6 +14,7 @@ import click
 
 from cli.bench import bench
 from cli.db import db
+from cli.deploy import deploy
 from cli.dlq import dlq
 from cli.lag import lag
 from cli.ownership import ownership
@@ -60,6 +61,9 @@ def main(log_level: str, log_json: bool | None) -> None:
     configure_logging(log_level, json=log_json)
 
 
-_COMMANDS = (stack, db, worker, ownership, topics, lag, status, replay, dlq, simulate, demo, bench)
+_COMMANDS = (
+    *(stack, db, worker, ownership, topics, lag, status, replay, dlq),
+    *(simulate, demo, bench, deploy),
+)
 for _command in _COMMANDS:
     main.add_command(_command)

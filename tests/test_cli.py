@@ -50,7 +50,7 @@ def test_serve_while_serves_health_on_the_given_host_and_port_while_running() ->
 
 def test_the_console_script_names_every_command_group() -> None:
     assert set(main.commands) == {
-        *("bench", "db", "demo", "dlq", "lag", "ownership", "replay", "simulate"),
+        *("bench", "db", "demo", "deploy", "dlq", "lag", "ownership", "replay", "simulate"),
         *("stack", "status", "topics", "worker"),
     }
 

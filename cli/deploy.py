@@ -1,0 +1,45 @@
+"""``coopr-pipeline deploy render``: production artifacts from the topology file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli.options import topology_option
+from deployment import TARGETS, render
+from pipeline.topology import load_topology
+
+__all__ = ["deploy"]
+
+
+@click.group()
+def deploy() -> None:
+    """Production artifacts rendered from the topology."""
+
+
+@deploy.command("render")
+@click.option("--target", type=click.Choice(sorted(TARGETS)), required=True)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write into (created if missing; files of the same names are replaced).",
+)
+@click.option(
+    "--executable",
+    default=None,
+    help="The installed coopr-pipeline that systemd units run, an absolute path"
+    " [default: /opt/coopr-pipeline/bin/coopr-pipeline].",
+)
+@topology_option
+def deploy_render(target: str, out: Path, executable: str | None, topology_file: Path) -> None:
+    """Render TARGET's files for every DC of the topology: `mm2` (one MirrorMaker 2 config
+    per target DC), `kafka` (broker settings and topic creation per DC), `systemd` (a unit per
+    worker and DC)."""
+    topology = load_topology(topology_file)
+    chosen = executable or "/opt/coopr-pipeline/bin/coopr-pipeline"
+    if not chosen.startswith("/"):
+        raise click.BadParameter("systemd needs an absolute path", param_hint="--executable")
+    for path in render(topology, target, out, chosen):
+        click.echo(str(path))
