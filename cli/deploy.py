@@ -7,10 +7,12 @@ from pathlib import Path
 import click
 
 from cli.options import topology_option
-from deployment import TARGETS, render
+from deployment import TARGETS, Installed, render
 from pipeline.topology import load_topology
 
 __all__ = ["deploy"]
+
+_DEFAULTS = Installed()
 
 
 @click.group()
@@ -28,18 +30,24 @@ def deploy() -> None:
 )
 @click.option(
     "--executable",
-    default=None,
-    help="The installed coopr-pipeline that systemd units run, an absolute path"
-    " [default: /opt/coopr-pipeline/bin/coopr-pipeline].",
+    default=_DEFAULTS.executable,
+    show_default=True,
+    help="The installed coopr-pipeline that systemd units run (an absolute path).",
+)
+@click.option(
+    "--image",
+    default=_DEFAULTS.image,
+    show_default=True,
+    help="The container image the Kubernetes Deployments run (deploy/Containerfile).",
 )
 @topology_option
-def deploy_render(target: str, out: Path, executable: str | None, topology_file: Path) -> None:
+def deploy_render(target: str, out: Path, executable: str, image: str, topology_file: Path) -> None:
     """Render TARGET's files for every DC of the topology: `mm2` (one MirrorMaker 2 config
     per target DC), `kafka` (broker settings and topic creation per DC), `systemd` (a unit per
-    worker and DC)."""
-    topology = load_topology(topology_file)
-    chosen = executable or "/opt/coopr-pipeline/bin/coopr-pipeline"
-    if not chosen.startswith("/"):
+    worker and DC), `k8s` (a file of manifests per DC: the workers, their topology, Strimzi
+    topics and MirrorMaker 2)."""
+    if not executable.startswith("/"):
         raise click.BadParameter("systemd needs an absolute path", param_hint="--executable")
-    for path in render(topology, target, out, chosen):
+    topology = load_topology(topology_file)
+    for path in render(topology, target, out, Installed(executable, image)):
         click.echo(str(path))
