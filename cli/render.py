@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -48,9 +49,10 @@ def to_json(value: Any) -> str:
 
 
 def json_line(value: Any) -> str:
-    """``value`` as one line of JSON (streams: one object per line); dates and bytes as
-    strings."""
-    return json.dumps(value, default=str, separators=(",", ":"))
+    """``value`` as one line of JSON (streams: one object per line); datetimes in ISO 8601,
+    other values JSON lacks (bytes, decimals) as their ``str``."""
+    # orjson: a third of `topics show --format json`'s time went to the standard json module.
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 @contextmanager

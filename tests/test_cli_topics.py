@@ -239,8 +239,8 @@ def scene(stack: RunningStack) -> Iterator[Scene]:
 
 
 def as_json(value: Any) -> Any:
-    """``value`` as the commands print it (dates as text)."""
-    return json.loads(json.dumps(value, default=str))
+    """``value`` as the commands print it (datetimes in ISO 8601)."""
+    return json.loads(json.dumps(value, default=lambda v: v.isoformat()))
 
 
 def show(scene: Scene, *args: str) -> list[dict[str, Any]]:
