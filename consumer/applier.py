@@ -100,8 +100,8 @@ WAITING = Gauge(
 )
 DELAY = Histogram(
     "coopr_applier_replication_delay_seconds",
-    "Apply (commit) time minus the event's occurred_at in the owner DC.",
-    ["dc"],
+    "Apply (commit) time minus the event's occurred_at in the owner DC, per owner (source) DC.",
+    ["dc", "source_dc"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
@@ -481,9 +481,12 @@ class Applier(Closeable):
             self._log.info("late events filled recorded gaps", events=result.late)
         DEAD.labels(**self._labels).inc(len(result.refused))
         BATCH_SIZE.labels(**self._labels).observe(len(batch.events) + len(batch.refused))
-        delay = DELAY.labels(**self._labels)
+        delays: dict[str, Histogram] = {}
         for ev in result.applied:
-            delay.observe((now - ev.occurred_at).total_seconds())
+            source = ev.position.source_dc
+            if source not in delays:
+                delays[source] = DELAY.labels(dc=self.config.dc, source_dc=source)
+            delays[source].observe((now - ev.occurred_at).total_seconds())
         for gap in result.gaps:
             self._log.warning(
                 "gap in a shard: events never arrived",
