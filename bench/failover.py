@@ -36,6 +36,7 @@ import psycopg2.extensions
 from confluent_kafka.admin import AdminClient
 
 from bench.load import event_for
+from bench.workers import wait_until
 from controller.report import orphans
 from pipeline.db import connect, fetch_all
 from pipeline.errors import NotOwnerError, PipelineError, ShardNotWritableError, UnreachableError
@@ -272,16 +273,6 @@ def _writable_everywhere(topology: Topology, dcs: Sequence[str]) -> bool:
         for view in views.values()
     )
     return agreed and all(views[o][s] == (o, e, True) for s, (o, e, _) in first.items())
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
-    """Poll ``check`` every 0.2 s until true; seconds taken. Raises after ``timeout_s`` s."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout_s:
-            raise PipelineError(f"not within {timeout_s:g} s: {what}")
-        time.sleep(0.2)
-    return time.monotonic() - start
 
 
 def wait_ready(workers: StackWorkers, *, load_s: float = WINDOW_S, timeout_s: float = 180) -> None:

@@ -16,11 +16,10 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.load import publish_at_rate
-from bench.workers import start_worker
+from bench.workers import start_worker, wait_until
 from pipeline.admin import high_watermark
 from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
@@ -65,7 +64,9 @@ def bench_replay(topology: Topology, owner: str, *, count: int) -> ReplayRate:
         )
         if len(committed) != count:
             raise PipelineError(f"only {len(committed)} of {count} events were published")
-        _wait(lambda: high_watermark(kafka, topic) >= start + count, 300, "mirrored")
+        wait_until(
+            lambda: high_watermark(kafka, topic) >= start + count, 300, "the events mirrored"
+        )
     finally:
         stop(relay)
     stop_offset = high_watermark(kafka, topic)
@@ -127,11 +128,3 @@ def _replay(
         raise PipelineError(f"replay failed: {done.stderr.strip()[-500:]}")
     summary: dict[str, int | float] = json.loads(done.stdout.splitlines()[-1])
     return summary
-
-
-def _wait(done: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not done():
-        if time.monotonic() > deadline:
-            raise PipelineError(f"the benchmark's events were not {what} within {timeout_s:.0f} s")
-        time.sleep(0.2)

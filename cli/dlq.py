@@ -22,13 +22,11 @@ import psycopg2.extensions
 
 from cli.lookup import (
     database,
-    format_option,
     iso_time,
     offset_ranges,
     read_range,
-    timeout_option,
 )
-from cli.options import topology_option
+from cli.options import format_option, timeout_option, topology_option
 from cli.render import json_line, progress, table, to_json
 from consumer.redrive import (
     DeadLetter,

@@ -23,13 +23,11 @@ from cli.lookup import (
     OffsetRange,
     applied_offsets,
     database,
-    format_option,
     offset_ranges,
     shard_topics,
-    timeout_option,
     timestamps_at,
 )
-from cli.options import topology_option
+from cli.options import format_option, timeout_option, topology_option
 from cli.render import json_line, table
 from pipeline.errors import PipelineError
 from pipeline.topics import parse_mirrored_shard

@@ -33,7 +33,6 @@ __all__ = [
     "OffsetRange",
     "applied_offsets",
     "database",
-    "format_option",
     "iso_time",
     "kafka_settings",
     "offset_for_time",
@@ -41,30 +40,10 @@ __all__ = [
     "offsets_since",
     "read_range",
     "shard_topics",
-    "timeout_option",
     "timestamps_at",
     "topic_names",
     "topic_of",
 ]
-
-format_option = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output: a table, or JSON (one object per line for streams).",
-)
-
-timeout_option = click.option(
-    "--timeout",
-    "timeout_s",
-    type=click.FloatRange(0.5, 600),
-    default=10.0,
-    show_default=True,
-    help="Seconds a broker or database may take to answer before the command gives up.",
-)
-
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -13,9 +13,11 @@ __all__ = [
     "batch_bytes_option",
     "db_dead_peer_option",
     "default_run_dir",
+    "format_option",
     "metrics_host_option",
     "metrics_port_option",
     "run_dir_option",
+    "timeout_option",
     "topology_option",
 ]
 
@@ -74,4 +76,22 @@ db_dead_peer_option = click.option(
     show_default=True,
     help="Seconds after which either end of a silent database connection counts the other as"
     " gone (TCP keepalives and user timeout, on the client and in the server session).",
+)
+
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output: a table, or JSON (one object per line for streams).",
+)
+
+timeout_option = click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(0.5, 600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a broker or database may take to answer before the command gives up.",
 )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli.options import topology_option
+from cli.options import format_option, topology_option
 from cli.render import table, to_json
 from pipeline.topology import DataCenter, Topology, load_topology
 
@@ -21,15 +21,6 @@ if TYPE_CHECKING:
     from pipeline.ownership import ShardOwner
 
 __all__ = ["ownership"]
-
-_FORMAT = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output: aligned table, or JSON.",
-)
 
 
 @click.group()
@@ -60,7 +51,7 @@ def _answering(
     "--dc", default=None, help="The DC whose view to show [default: the first that answers]."
 )
 @topology_option
-@_FORMAT
+@format_option
 def ownership_show(dc: str | None, topology_file: Path, fmt: str) -> None:
     """Per shard: owner, epoch, writable, lease left, the claim's cut; per DC: heartbeat age,
     fenced, and which DCs do not hear it. Read from the chosen DC's own database and Kafka."""
@@ -124,7 +115,7 @@ def ownership_show(dc: str | None, topology_file: Path, fmt: str) -> None:
 @ownership.command("orphans")
 @click.option("--dc", default=None, help="Only this DC [default: every DC that answers].")
 @topology_option
-@_FORMAT
+@format_option
 def ownership_orphans(dc: str | None, topology_file: Path, fmt: str) -> None:
     """Events a DC committed for a shard it lost, beyond the cut its successor applied: never
     applied anywhere, kept in its outbox, listed here decoded."""

@@ -17,15 +17,13 @@ from cli.lookup import (
     OffsetRange,
     applied_offsets,
     database,
-    format_option,
     offset_for_time,
     offset_ranges,
     read_range,
     shard_topics,
-    timeout_option,
     topic_of,
 )
-from cli.options import topology_option
+from cli.options import format_option, timeout_option, topology_option
 from cli.render import json_line, progress, table
 from consumer.replay import ReplayCounts, ShardReplay, rebuild_refusal
 from pipeline.errors import PipelineError

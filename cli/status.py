@@ -40,13 +40,11 @@ from cli.lookup import (
     OffsetRange,
     applied_offsets,
     database,
-    format_option,
     kafka_settings,
     offset_ranges,
     offsets_since,
-    timeout_option,
 )
-from cli.options import run_dir_option, topology_option
+from cli.options import format_option, run_dir_option, timeout_option, topology_option
 from cli.render import json_line, table, to_json
 from pipeline.errors import PipelineError, UnreachableError, first_line
 from pipeline.topology import DataCenter, Topology, load_topology

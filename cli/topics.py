@@ -28,17 +28,15 @@ from cli.lookup import (
     OffsetRange,
     applied_offsets,
     database,
-    format_option,
     iso_time,
     offset_for_time,
     offset_ranges,
     read_range,
     shard_topics,
-    timeout_option,
     topic_names,
     topic_of,
 )
-from cli.options import topology_option
+from cli.options import format_option, timeout_option, topology_option
 from cli.render import json_line, table
 from pipeline.codec import decode_record
 from pipeline.errors import CodecError, PipelineError, first_line
