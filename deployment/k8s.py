@@ -5,11 +5,13 @@ and its MirrorMaker 2.
 Per worker (relay, applier, controller; a witness runs only the controller): a Deployment of
 two pods (one active, one standby: the relay's outbox lock, the applier's consumer group and
 the controller's lease each let only one work), liveness and readiness probes on ``/healthz``,
-requests and limits, a non-root read-only container, secrets from a Secret that is referenced
+requests and limits, a non-root read-only container, secrets from Secrets that are referenced
 and never rendered; a PodDisruptionBudget keeping one pod through a node drain; a Service
 for ``/metrics`` with Prometheus' scrape annotations. The topology is a ConfigMap. Topics are
 ``KafkaTopic`` resources (the local stack's list, replication factor 3); MirrorMaker 2 is a
 ``KafkaMirrorMaker2`` with the flows into this DC, as ``deploy render --target mm2`` gives.
+Every principal of the DC's Kafka (:func:`pipeline.acls.cluster_principals`) is a
+``KafkaUser`` with its ACLs; Kafka is reached over TLS with SCRAM-SHA-512 (docs/security.md).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import yaml
 
 from deployment.kafka import PRODUCTION_REPLICATION
 from deployment.systemd import WORKER_PORTS
+from pipeline.acls import Principal, Role, cluster_principals, principal_name
 from pipeline.admin import TopicSpec
 from pipeline.mirrormaker import LATENCY_TUNING, flow_topics
 from pipeline.stack.orchestrator import dc_topics
-from pipeline.topology import Topology
+from pipeline.topology import DataCenter, Topology
 
 __all__ = ["STRIMZI_API", "render_manifests"]
 
@@ -46,11 +49,15 @@ _RESOURCES = {
 def render_manifests(topology: Topology, dc: str, image: str) -> str:
     """Every manifest of ``dc``, as one multi-document YAML file, running ``image``."""
     site = topology.dc(dc)
-    kinds = ("controller",) if site.witness else ("relay", "applier", "controller")
+    kinds: tuple[Role, ...] = (
+        ("controller",) if site.witness else ("relay", "applier", "controller")
+    )
     docs: list[dict[str, Any]] = [_topology_map(topology)]
     for kind in kinds:
         docs += [_deployment(kind, dc, image), _budget(kind), _service(kind)]
     docs += [_topic(dc, spec) for spec in dc_topics(topology, site)]
+    mirror_makers = {principal_name("mm2", other.name) for other in topology.dcs}
+    docs += [_user(dc, p, p.user in mirror_makers) for p in cluster_principals(topology, dc)]
     docs.append(_mirror_maker(topology, dc))
     return yaml.safe_dump_all(docs, sort_keys=False)
 
@@ -68,8 +75,15 @@ def _topology_map(topology: Topology) -> dict[str, Any]:
     }
 
 
-def _deployment(kind: str, dc: str, image: str) -> dict[str, Any]:
+def _shared_password(user: str) -> str:
+    """The Secret (key ``password``) holding the password of ``user`` in every DC's cluster
+    it belongs to: made by the operator, the same in each DC."""
+    return f"{user}-password"
+
+
+def _deployment(kind: Role, dc: str, image: str) -> dict[str, Any]:
     port = WORKER_PORTS[kind]
+    user = principal_name(kind, dc)
     probe = {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10}
     container = {
         "name": kind,
@@ -79,8 +93,16 @@ def _deployment(kind: str, dc: str, image: str) -> dict[str, Any]:
             *("--topology", f"{_TOPOLOGY_DIR}/topology.toml"),
             *("--metrics-host", "0.0.0.0", "--metrics-port", str(port)),
         ],
-        # Secrets (PGPASSWORD, Kafka credentials) from a Secret made by the operator.
+        # Other secrets (PGPASSWORD) from a Secret made by the operator.
         "envFrom": [{"secretRef": {"name": f"{_APP}-{dc}"}}],
+        # The worker's KafkaUser: Strimzi generates its password into a Secret of its name.
+        "env": [
+            {"name": "COOPR_KAFKA_USERNAME", "value": user},
+            {
+                "name": "COOPR_KAFKA_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": user, "key": "password"}},
+            },
+        ],
         "ports": [{"name": "metrics", "containerPort": port}],
         "livenessProbe": {**probe, "failureThreshold": 6},
         "readinessProbe": probe,
@@ -163,8 +185,55 @@ def _topic(dc: str, spec: TopicSpec) -> dict[str, Any]:
     }
 
 
+def _user(dc: str, principal: Principal, shared: bool) -> dict[str, Any]:
+    """``principal`` as a Strimzi ``KafkaUser`` of ``dc``'s cluster. Strimzi generates its
+    password unless it is ``shared`` by several clusters (MirrorMaker 2 logs in to every
+    cluster it mirrors with one password): then it is the operator's Secret."""
+    authentication: dict[str, Any] = {"type": "scram-sha-512"}
+    if shared:
+        ref = {"name": _shared_password(principal.user), "key": "password"}
+        authentication["password"] = {"valueFrom": {"secretKeyRef": ref}}
+    acls = [
+        {
+            "resource": {"type": g.resource, "name": g.name, "patternType": g.pattern},
+            "operations": list(g.operations),
+            "host": "*",
+        }
+        for g in principal.grants
+    ]
+    return {
+        "apiVersion": STRIMZI_API,
+        "kind": "KafkaUser",
+        "metadata": {"name": principal.user, "labels": {"strimzi.io/cluster": dc}},
+        "spec": {
+            "authentication": authentication,
+            "authorization": {"type": "simple", "acls": acls},
+        },
+    }
+
+
+def _cluster(site: DataCenter, user: str) -> dict[str, Any]:
+    """How MirrorMaker 2 reaches ``site``'s Kafka: at its topology address (the cluster's
+    TLS listener), trusting the CA Strimzi made for that cluster, logged in as ``user``."""
+    return {
+        "alias": site.name,
+        "bootstrapServers": site.kafka,
+        "tls": {
+            "trustedCertificates": [
+                {"secretName": f"{site.name}-cluster-ca-cert", "pattern": "*.crt"}
+            ]
+        },
+        "authentication": {
+            "type": "scram-sha-512",
+            "username": user,
+            "passwordSecret": {"secretName": _shared_password(user), "password": "password"},
+        },
+    }
+
+
 def _mirror_maker(topology: Topology, target: str) -> dict[str, Any]:
     rf = PRODUCTION_REPLICATION
+    user = principal_name("mm2", target)
     mirrors = []
     for source in topology.dcs:
         if source.name == target:
@@ -172,7 +241,7 @@ def _mirror_maker(topology: Topology, target: str) -> dict[str, Any]:
         topics = flow_topics(topology, source.name, target)
         mirrors.append(
             {
-                "source": {"alias": source.name, "bootstrapServers": source.kafka},
+                "source": _cluster(source, user),
                 "sourceConnector": {
                     "tasksMax": 1,
                     "config": {
@@ -198,8 +267,7 @@ def _mirror_maker(topology: Topology, target: str) -> dict[str, Any]:
         "spec": {
             "replicas": 1,
             "target": {
-                "alias": target,
-                "bootstrapServers": topology.dc(target).kafka,
+                **_cluster(topology.dc(target), user),
                 "groupId": f"{_APP}-mm2-{target}",
                 "configStorageTopic": f"mm2-{target}.configs",
                 "offsetStorageTopic": f"mm2-{target}.offsets",

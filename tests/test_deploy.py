@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ import yaml
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 
-from deployment import STRIMZI_API, Installed, render, render_units
+from deployment import STRIMZI_API, TARGETS, Installed, render, render_units
+from pipeline.acls import Grant, cluster_principals, principal_name
 from pipeline.stack.layout import local_topology_toml
 from pipeline.topology import Topology, load_topology
 from tests.cli_helpers import run_cli
@@ -137,13 +139,28 @@ def test_topic_scripts_create_the_topics_the_local_stack_has(
 _CRDS = Path(__file__).parent.parent / "deploy" / "k8s" / "strimzi-crds"
 
 
+def _closed(node: Any) -> Any:
+    """``node`` with every object that lists its properties refusing any other, as the API
+    server's strict field validation (kubectl's default) does; jsonschema would accept a
+    misspelt field."""
+    if isinstance(node, list):
+        return [_closed(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: _closed(v) for k, v in node.items()}
+    open_ = "additionalProperties" in node or node.get("x-kubernetes-preserve-unknown-fields")
+    if node.get("type") == "object" and "properties" in node and not open_:
+        node["additionalProperties"] = False
+    return node
+
+
 def _crd_schemas() -> dict[str, dict[str, Any]]:
     """Kind to the openAPIV3Schema of the vendored Strimzi CRDs' version the renderer uses."""
     schemas = {}
     for path in _CRDS.glob("*.yaml"):
         crd = yaml.safe_load(path.read_text())
         [version] = [v for v in crd["spec"]["versions"] if v["name"] == STRIMZI_API.split("/")[1]]
-        schemas[crd["spec"]["names"]["kind"]] = version["schema"]["openAPIV3Schema"]
+        schemas[crd["spec"]["names"]["kind"]] = _closed(version["schema"]["openAPIV3Schema"])
     return schemas
 
 
@@ -169,15 +186,25 @@ def test_k8s_manifests_pass_the_kubernetes_and_strimzi_schemas(tmp_path: Path) -
         workers = 1 if path.stem.removeprefix("k8s-") == "dc3" else 3
         assert kinds["Deployment"] == kinds["PodDisruptionBudget"] == workers
         assert kinds["KafkaMirrorMaker2"] == kinds["ConfigMap"] == 1 and kinds["KafkaTopic"] > 3
+        principals = cluster_principals(topology, path.stem.removeprefix("k8s-"))
+        assert kinds["KafkaUser"] == len(principals)
         for doc in docs:
             assert _problems(doc, schemas) == [], doc["metadata"]["name"]
-    # The checks can fail: a Deployment with a misspelt field, a MirrorMaker without a target.
+    # The checks can fail: a Deployment with a misspelt field, a MirrorMaker without a target,
+    # a user with a misspelt field or an operation spelt as kafka-acls.sh spells it.
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     deployment["spec"]["replica"] = deployment["spec"].pop("replicas")
     assert _problems(deployment, schemas)
     mm2 = next(d for d in docs if d["kind"] == "KafkaMirrorMaker2")
     del mm2["spec"]["target"]["alias"]
     assert _problems(mm2, schemas)
+    user = next(d for d in docs if d["kind"] == "KafkaUser")
+    [acl, *_] = user["spec"]["authorization"]["acls"]
+    acl["resource"]["pattern"] = acl["resource"].pop("patternType")
+    assert _problems(user, schemas)
+    acl["resource"]["patternType"] = acl["resource"].pop("pattern")
+    acl["operations"] = ["WRITE"]
+    assert _problems(user, schemas)
 
 
 def test_k8s_workers_run_the_image_as_its_user_with_secrets_by_reference(tmp_path: Path) -> None:
@@ -187,7 +214,9 @@ def test_k8s_workers_run_the_image_as_its_user_with_secrets_by_reference(tmp_pat
     [user] = re.findall(r"^USER (\d+)$", image, flags=re.M)
     assert entrypoint == Installed().executable
     text = render(topology, "k8s", tmp_path, Installed(image="registry.example/coopr:1"))[0]
-    for doc in yaml.safe_load_all(text.read_text()):
+    docs = list(yaml.safe_load_all(text.read_text()))
+    users = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "KafkaUser"}
+    for doc in docs:
         if doc["kind"] != "Deployment":
             continue
         pod = doc["spec"]["template"]["spec"]
@@ -195,6 +224,107 @@ def test_k8s_workers_run_the_image_as_its_user_with_secrets_by_reference(tmp_pat
         [container] = pod["containers"]
         assert container["image"] == "registry.example/coopr:1"
         assert container["envFrom"] == [{"secretRef": {"name": "coopr-pipeline-dc1"}}]
+        # The worker logs in as its own KafkaUser, with the password Strimzi generated for it
+        # into the Secret named like the user.
+        kafka_user = f"coopr-{container['name']}-dc1"
+        assert container["env"] == [
+            {"name": "COOPR_KAFKA_USERNAME", "value": kafka_user},
+            {
+                "name": "COOPR_KAFKA_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": kafka_user, "key": "password"}},
+            },
+        ]
+        assert users[kafka_user]["authentication"] == {"type": "scram-sha-512"}
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert pod["terminationGracePeriodSeconds"] >= 30
     assert "kind: Secret\n" not in text.read_text()
+
+
+def _k8s_files(tmp_path: Path) -> tuple[Topology, dict[str, list[dict[str, Any]]]]:
+    """The witness topology and, per DC, the documents of its rendered manifests."""
+    topology = _witness_topology(tmp_path)
+    files = render(topology, "k8s", tmp_path / "k8s", _HERE)
+    return topology, {
+        p.stem.removeprefix("k8s-"): list(yaml.safe_load_all(p.read_text())) for p in files
+    }
+
+
+def _users(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "KafkaUser"}
+
+
+def _grants(user: dict[str, Any]) -> list[Grant]:
+    acls = user["spec"]["authorization"]["acls"]
+    assert {a["host"] for a in acls} == {"*"}
+    return [
+        Grant(r["type"], r["name"], tuple(a["operations"]), r["patternType"])
+        for a in acls
+        for r in [a["resource"]]
+    ]
+
+
+def test_k8s_users_grant_each_principal_its_acls_and_no_more(tmp_path: Path) -> None:
+    topology, files = _k8s_files(tmp_path)
+    for dc, docs in files.items():
+        users = _users(docs)
+        assert {u["metadata"]["labels"]["strimzi.io/cluster"] for u in users.values()} == {dc}
+        assert {name: _grants(u) for name, u in users.items()} == {
+            p.user: list(p.grants) for p in cluster_principals(topology, dc)
+        }
+    # A stolen relay credential of dc1 writes dc1's shard topics (those its manifests create)
+    # and nothing else, and logs in to no other DC's Kafka.
+    shards = {
+        d["spec"]["topicName"]
+        for d in files["dc1"]
+        if d["kind"] == "KafkaTopic" and d["spec"]["topicName"].startswith("coopr.shard.")
+    }
+    relay = _grants(_users(files["dc1"])["coopr-relay-dc1"])
+    assert {(g.resource, g.pattern) for g in relay} == {("topic", "literal")}
+    assert {g.name for g in relay} == {g.name for g in relay if "Write" in g.operations} == shards
+    assert all("coopr-relay-dc1" not in _users(docs) for dc, docs in files.items() if dc != "dc1")
+
+
+def test_k8s_mirror_maker_logs_in_to_each_cluster_as_its_user(tmp_path: Path) -> None:
+    topology, files = _k8s_files(tmp_path)
+    for target, docs in files.items():
+        [mm2] = [d["spec"] for d in docs if d["kind"] == "KafkaMirrorMaker2"]
+        user = principal_name("mm2", target)
+        for cluster in (mm2["target"], *(m["source"] for m in mm2["mirrors"])):
+            alias = cluster["alias"]
+            assert cluster["bootstrapServers"] == topology.dc(alias).kafka
+            assert cluster["tls"] == {
+                "trustedCertificates": [
+                    {"secretName": f"{alias}-cluster-ca-cert", "pattern": "*.crt"}
+                ]
+            }
+            secret = f"{user}-password"
+            assert cluster["authentication"] == {
+                "type": "scram-sha-512",
+                "username": user,
+                "passwordSecret": {"secretName": secret, "password": "password"},
+            }
+            # The same user in that DC's cluster, its password from a Secret of the same name
+            # (the operator's, one value in every DC): one password logs in everywhere.
+            there = _users(files[alias])[user]["spec"]["authentication"]
+            assert there == {
+                "type": "scram-sha-512",
+                "password": {"valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}}},
+            }
+        # In each source it may read exactly the topics its pattern mirrors from there.
+        for mirror in mm2["mirrors"]:
+            source = files[mirror["source"]["alias"]]
+            topics = {d["spec"]["topicName"] for d in source if d["kind"] == "KafkaTopic"}
+            read = {g.name for g in _grants(_users(source)[user]) if "Read" in g.operations}
+            assert read == {t for t in topics if re.fullmatch(mirror["topicsPattern"], t)}
+
+
+def test_rendered_files_hold_no_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    topology = _witness_topology(tmp_path)
+    secret = f"pw-{uuid.uuid4().hex}"
+    for name in ("PGPASSWORD", "COOPR_KAFKA_PASSWORD", "COOPR_KAFKA_DC1_PASSWORD"):
+        monkeypatch.setenv(name, secret)
+    for target in TARGETS:
+        out = tmp_path / target
+        run_cli(Path(topology.source), "deploy", "render", "--target", target, "--out", str(out))
+        for path in out.iterdir():
+            assert secret not in path.read_text(), path.name
