@@ -45,7 +45,7 @@ def deploy_render(target: str, out: Path, executable: str, image: str, topology_
     """Render TARGET's files for every DC of the topology: `mm2` (one MirrorMaker 2 config
     per target DC), `kafka` (broker settings and topic creation per DC), `systemd` (a unit per
     worker and DC), `k8s` (a file of manifests per DC: the workers, their topology, Strimzi
-    topics and MirrorMaker 2)."""
+    topics, Kafka users with their ACLs and MirrorMaker 2)."""
     if not executable.startswith("/"):
         raise click.BadParameter("systemd needs an absolute path", param_hint="--executable")
     topology = load_topology(topology_file)
