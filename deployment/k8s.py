@@ -93,9 +93,10 @@ def _deployment(kind: Role, dc: str, image: str) -> dict[str, Any]:
             *("--topology", f"{_TOPOLOGY_DIR}/topology.toml"),
             *("--metrics-host", "0.0.0.0", "--metrics-port", str(port)),
         ],
-        # Other secrets (PGPASSWORD) from a Secret made by the operator.
+        # PGPASSWORD from a Secret made by the operator.
         "envFrom": [{"secretRef": {"name": f"{_APP}-{dc}"}}],
-        # The worker's KafkaUser: Strimzi generates its password into a Secret of its name.
+        # The worker's own KafkaUser, whose password Strimzi generates into a Secret of the
+        # user's name; env wins over envFrom, so no other Kafka password can take its place.
         "env": [
             {"name": "COOPR_KAFKA_USERNAME", "value": user},
             {
