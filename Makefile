@@ -37,9 +37,14 @@ $(TOXIPROXY): Makefile
 system-deps:
 	@deploy/scripts/install-system-deps.sh
 
+# SECURE=1: the same on the secured stack (SASL_SSL with ACLs, PostgreSQL over TLS; see
+# docs/security.md), in a run dir of its own.
+SECURE_RUN := COOPR_RUN_DIR=$(CURDIR)/.stack-secure
+DEMO_ENV := $(if $(SECURE),$(SECURE_RUN))
+
 demo: setup
-	$(CLI) stack up
-	$(CLI) demo --duration 30
+	$(DEMO_ENV) $(CLI) stack up $(if $(SECURE),--secure)
+	$(DEMO_ENV) $(CLI) demo --duration 30
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -59,6 +64,7 @@ bench: setup
 
 stack-down:
 	$(CLI) stack down
+	$(SECURE_RUN) $(CLI) stack down
 
 clean: stack-down
-	rm -rf $(VENV) .cache .stack
+	rm -rf $(VENV) .cache .stack .stack-secure

@@ -29,9 +29,9 @@ from pipeline.backpressure import produce_with_backpressure
 from pipeline.codec import decode_record, encode
 from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
-from pipeline.kafka_config import KafkaSettings
 from pipeline.shutdown import run_in_thread
 from pipeline.stack.processes import stop
+from pipeline.stack.security import StackSecurity, client_settings
 from pipeline.stats import percentile
 from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
@@ -79,7 +79,7 @@ def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
     site = topology.dc(dc)
     source_dc = f"bench{uuid.uuid4().hex[:6]}"
     topic = mirrored(source_dc, shard_topic(_BENCH_SHARD))
-    kafka = KafkaSettings(site.kafka, client_id="coopr-bench-applier")
+    kafka = client_settings(StackSecurity.of_topology(topology), site, "coopr-bench-applier")
     ensure_topics(kafka, [TopicSpec(topic)])
     payloads = _events(source_dc, count)
     producer = Producer(kafka.producer())

@@ -40,7 +40,6 @@ from bench.workers import wait_until
 from controller.report import orphans
 from pipeline.db import connect, fetch_all
 from pipeline.errors import NotOwnerError, PipelineError, ShardNotWritableError, UnreachableError
-from pipeline.kafka_config import KafkaSettings
 from pipeline.stack.orchestrator import kill_dc, start_dc
 from pipeline.stack.processes import (
     ProcessRecord,
@@ -50,6 +49,7 @@ from pipeline.stack.processes import (
     spawn,
     stop,
 )
+from pipeline.stack.security import StackSecurity, client_settings
 from pipeline.stats import percentile
 from pipeline.topology import Topology
 
@@ -195,7 +195,9 @@ class StackWorkers:
             argv = [*cli, "worker", kind, "--dc", dc, *args]
         argv += ["--topology", self.topology.source]
         name = f"{self.prefix}-{kind}-{dc}"
-        record = spawn(name, argv, log=self.log_dir / f"{name}.log", ports=())
+        security = StackSecurity.of(self.run_dir)
+        env = None if security is None else security.worker_environ(kind, dc)
+        record = spawn(name, argv, log=self.log_dir / f"{name}.log", ports=(), env=env)
         record_worker(self.run_dir, dc, record)
         self.records.setdefault(dc, []).append((kind, record))
         if kind == "controller":
@@ -205,12 +207,15 @@ class StackWorkers:
         return record
 
     def start_dc_workers(self, dc: str, *, rate: float, seed: int) -> None:
-        """Controller, relay, applier; then the stand-in server at ``rate`` events/s (0: none)."""
+        """Controller, relay, applier; then the stand-in server at ``rate`` events/s (0: none).
+        A witness runs its controller only."""
         self.start(
             dc,
             "controller",
             *("--interval", "0.5", "--failure-timeout", f"{self.failure_timeout_s:g}"),
         )
+        if self.topology.dc(dc).witness:
+            return
         self.start(dc, "relay", "--poll-interval", "0.2")
         self.start(dc, "applier")
         if rate > 0:
@@ -247,11 +252,13 @@ class StackWorkers:
         return [r.name for rs in self.records.values() for _, r in rs if not is_running(r)]
 
 
-def _appliers_assigned(topology: Topology, dcs: Sequence[str]) -> bool:
+def _appliers_assigned(workers: StackWorkers, dcs: Sequence[str]) -> bool:
     """Every DC's applier group is stable with each member holding partitions: a member left
     by a killed applier would hold its share for a session timeout."""
+    security = StackSecurity.of(workers.run_dir)
     for dc in dcs:
-        admin = AdminClient(KafkaSettings(topology.dc(dc).kafka, client_id="coopr-bench").common())
+        site = workers.topology.dc(dc)
+        admin = AdminClient(client_settings(security, site, "coopr-bench").common())
         group = f"coopr-applier-{dc}"
         try:
             described = admin.describe_consumer_groups([group], request_timeout=5)[group].result()
@@ -290,7 +297,7 @@ def wait_ready(workers: StackWorkers, *, load_s: float = WINDOW_S, timeout_s: fl
             all(now - t > workers.failure_timeout_s for t in workers.controller_started.values())
             and now - workers.load_started > load_s
             and _writable_everywhere(workers.topology, dcs)
-            and _appliers_assigned(workers.topology, dcs)
+            and _appliers_assigned(workers, dcs)
         )
 
     wait_until(ready, max(1.0, deadline - time.monotonic()), "the stack ready for a failover")
@@ -544,7 +551,7 @@ def bench_failover(
     failovers: list[FailoverRun] = []
     moves: list[MoveRun] = []
     try:
-        for i, dc in enumerate(topology.data_dcs):
+        for i, dc in enumerate(topology.dcs):
             workers.start_dc_workers(dc.name, rate=rate, seed=i)
         for run in range(runs):
             wait_ready(workers)

@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
 from pipeline.errors import UnreachableError
 from pipeline.kafka_config import KafkaSettings
+from pipeline.stack.security import StackSecurity, client_settings
 from pipeline.stats import percentile
 from pipeline.topics import PROBE_TOPIC, mirrored
 from pipeline.topology import Topology
@@ -87,13 +88,14 @@ def bench_mirror(
     """
     owner = topology.dc(source or topology.dcs[0].name)
     replica = topology.dc(target or next(dc.name for dc in topology.dcs if dc.name != owner.name))
-    sending = KafkaSettings(owner.kafka, client_id="coopr-bench")
+    security = StackSecurity.of_topology(topology)
+    sending = client_settings(security, owner, "coopr-bench")
     topic = PROBE_TOPIC
     run_id = uuid.uuid4().hex.encode()
     readers = {
         f"direct ({owner.name})": _Reader(sending, topic, run_id, count),
         f"mirrored ({owner.name}->{replica.name})": _Reader(
-            KafkaSettings(replica.kafka, client_id="coopr-bench"),
+            client_settings(security, replica, "coopr-bench"),
             mirrored(owner.name, topic),
             run_id,
             count,

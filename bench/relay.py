@@ -29,9 +29,9 @@ from pipeline.backpressure import produce_with_backpressure
 from pipeline.codec import encode
 from pipeline.db import connect
 from pipeline.errors import PipelineError
-from pipeline.kafka_config import KafkaSettings
 from pipeline.shutdown import run_in_thread
 from pipeline.stack.processes import stop
+from pipeline.stack.security import StackSecurity, client_settings
 from pipeline.stats import percentile
 from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
@@ -91,11 +91,15 @@ def _wait_mirrored(
     """Wait until MirrorMaker 2 has copied the shards to their first replica, so that its work
     for one phase does not take CPU from the next."""
     deadline = time.monotonic() + timeout_s
+    security = StackSecurity.of_topology(topology)
+    owner = client_settings(security, topology.dc(dc), "coopr-bench")
     for shard in shards:
-        replica = topology.dc(topology.replica_list(shard)[0])
-        target = high_watermark(KafkaSettings(topology.dc(dc).kafka), shard_topic(shard))
+        replica = client_settings(
+            security, topology.dc(topology.replica_list(shard)[0]), "coopr-bench"
+        )
+        target = high_watermark(owner, shard_topic(shard))
         copy = mirrored(dc, shard_topic(shard))
-        while high_watermark(KafkaSettings(replica.kafka), copy) < target:
+        while high_watermark(replica, copy) < target:
             if time.monotonic() > deadline:
                 raise PipelineError(f"MirrorMaker 2 did not catch up within {timeout_s:g} s")
             time.sleep(0.5)
@@ -148,7 +152,8 @@ def bench_relay_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
     """Relay throughput and, in the same run, bare librdkafka on the same bytes."""
     site = topology.dc(dc)
     shards = list(topology.owned_shards(dc))
-    kafka = KafkaSettings(site.kafka, client_id="coopr-bench-relay")
+    # On a secured stack as its administrator: the baseline's topic is not the relay's.
+    kafka = client_settings(StackSecurity.of_topology(topology), site, "coopr-bench-relay")
     config = RelayConfig(dc=dc, database=site.database, kafka=kafka)
     _relay_until_empty(config)  # rows left by others must not count
     _wait_mirrored(topology, dc, shards)

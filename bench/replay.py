@@ -23,8 +23,8 @@ from bench.workers import start_worker, wait_until
 from pipeline.admin import high_watermark
 from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
-from pipeline.kafka_config import KafkaSettings
 from pipeline.stack.processes import stop
+from pipeline.stack.security import StackSecurity, client_settings
 from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
 
@@ -49,7 +49,9 @@ def bench_replay(topology: Topology, owner: str, *, count: int) -> ReplayRate:
     shard = max(topology.owned_shards(owner))
     replica = topology.replica_list(shard)[0]
     topic = mirrored(owner, shard_topic(shard))
-    kafka = KafkaSettings(topology.dc(replica).kafka, client_id="coopr-bench-replay")
+    kafka = client_settings(
+        StackSecurity.of_topology(topology), topology.dc(replica), "coopr-bench-replay"
+    )
     start = high_watermark(kafka, topic)
     relay = start_worker("relay", owner, topology, "--poll-interval", "0.05")
     try:

@@ -15,20 +15,25 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.stack.processes import ProcessRecord, spawn
+from pipeline.stack.security import StackSecurity
 from pipeline.topology import Topology
 
 __all__ = ["start_worker", "wait_until"]
 
 
 def start_worker(kind: str, dc: str, topology: Topology, *options: str) -> ProcessRecord:
-    """Start ``coopr-pipeline worker <kind> --dc <dc>`` on ``topology``'s file, with ``options``.
+    """Start ``coopr-pipeline worker <kind> --dc <dc>`` on ``topology``'s file, with ``options``
+    (and its credentials on a secured stack).
 
     Stop it with :func:`pipeline.stack.processes.stop`.
     """
     name = f"bench-{kind}-{dc}"
     argv = [sys.executable, "-m", "cli", "--log-level", "warning", "worker", kind, "--dc", dc]
     argv += ["--topology", topology.source, *options]
-    return spawn(name, argv, log=Path(tempfile.gettempdir()) / f"coopr-{name}.log", ports=())
+    security = StackSecurity.of_topology(topology)
+    env = None if security is None else security.worker_environ(kind, dc)
+    log = Path(tempfile.gettempdir()) / f"coopr-{name}.log"
+    return spawn(name, argv, log=log, ports=(), env=env)
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> float:

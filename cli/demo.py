@@ -2,13 +2,14 @@
 then a failover drill.
 
 In every data DC it starts a controller, a relay, an applier and a stand-in Coopr server
-(``simulate``) as separate processes (logs in ``<run-dir>/logs/demo-*.log``), lets them run
-for ``duration_s``, and reports per DC what was published and applied and the replication
-delay: a replica row's (cluster or checkpoint) ``applied_at`` minus its event's
-``occurred_at``. Then the drill (:func:`bench.failover.drill`): the DC owning the most
-shards is killed under the same load, the others take its shards over, it is started again
-and demoted; the report says what moved, how long writes to the moved shards were refused,
-what restarted and what was orphaned. Every worker is stopped with SIGTERM at the end.
+(``simulate``), in a witness DC a controller, as separate processes (logs in
+``<run-dir>/logs/demo-*.log``), lets them run for ``duration_s``, and reports per DC what was
+published and applied and the replication delay: a replica row's (cluster or checkpoint)
+``applied_at`` minus its event's ``occurred_at``. Then the drill
+(:func:`bench.failover.drill`): the DC owning the most shards is killed under the same load,
+the others take its shards over, it is started again and demoted; the report says what
+moved, how long writes to the moved shards were refused, what restarted and what was
+orphaned. Every worker is stopped with SIGTERM at the end.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def run_demo(
     workers = StackWorkers(topology, run_dir.resolve(), run_dir / "logs", "demo", failure_timeout_s)
     failover = None
     try:
-        for i, dc in enumerate(topology.data_dcs):
+        for i, dc in enumerate(topology.dcs):
             workers.start_dc_workers(dc.name, rate=rate, seed=i)
         deadline = time.monotonic() + duration_s
         while time.monotonic() < deadline:

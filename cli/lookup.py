@@ -15,6 +15,8 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
 
 import click
 import psycopg2.extensions
@@ -24,7 +26,7 @@ from confluent_kafka.admin._listoffsets import OffsetSpec
 
 from pipeline.db import ConnectionTimeouts, connect
 from pipeline.errors import PipelineError, UnreachableError
-from pipeline.kafka_config import KafkaSettings
+from pipeline.kafka_config import ClientConfig, KafkaSettings, settings_for
 from pipeline.topics import SHARD_PREFIX, mirrored, parse_mirrored_shard, shard_topic
 from pipeline.topology import DataCenter, Topology
 
@@ -102,12 +104,7 @@ def kafka_settings(site: DataCenter, timeout_s: float) -> KafkaSettings:
     """Settings for ``site``'s Kafka whose requests give up after ``timeout_s``."""
     # No librdkafka log lines: a broker that does not answer is reported once, in words
     # (UnreachableError), not as a connection failure printed every 50 ms.
-    return KafkaSettings(
-        bootstrap_servers=site.kafka,
-        client_id="coopr-cli",
-        request_timeout_ms=int(timeout_s * 1000),
-        log_level=0,
-    )
+    return settings_for(site, "coopr-cli", request_timeout_ms=int(timeout_s * 1000), log_level=0)
 
 
 def database(site: DataCenter, timeout_s: float) -> psycopg2.extensions.connection:
@@ -120,7 +117,26 @@ def database(site: DataCenter, timeout_s: float) -> psycopg2.extensions.connecti
         raise UnreachableError(f"{site.name}'s database did not answer: {e}") from None
 
 
-def _unreachable(site: DataCenter, timeout_s: float, what: str) -> UnreachableError:
+#: librdkafka's errors that say the broker answered and refused us.
+_REFUSALS = (KafkaError._AUTHENTICATION, KafkaError._SSL)
+
+
+def _note_refusal(dc: str, err: KafkaError) -> None:
+    if err.code() in _REFUSALS:
+        _refused[dc] = err.str()
+
+
+def _unreachable(
+    site: DataCenter, timeout_s: float, what: str, client: AdminClient | Consumer
+) -> UnreachableError:
+    """The error of a request to ``site``'s Kafka that failed: the broker's refusal of our
+    login or TLS handshake when ``client`` heard one, else that it did not answer."""
+    client.poll(0)  # serves the error callbacks, which tell a refusal from silence
+    refusal = _refused.pop(site.name, None)
+    if refusal is not None:
+        return UnreachableError(
+            f"{site.name}'s Kafka at {site.kafka} refused us ({what}): {refusal}"
+        )
     return UnreachableError(
         f"{site.name}'s Kafka at {site.kafka} did not answer within {timeout_s:g} s ({what})"
     )
@@ -128,11 +144,11 @@ def _unreachable(site: DataCenter, timeout_s: float, what: str) -> UnreachableEr
 
 def topic_names(site: DataCenter, timeout_s: float) -> set[str]:
     """Every topic in ``site``'s Kafka; :class:`UnreachableError` when it does not answer."""
-    admin = AdminClient(kafka_settings(site, timeout_s).admin())
+    admin = AdminClient(_with_refusals(site, kafka_settings(site, timeout_s).admin()))
     try:
         return set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException:
-        raise _unreachable(site, timeout_s, "listing topics") from None
+        raise _unreachable(site, timeout_s, "listing topics", admin) from None
 
 
 def shard_topics(site: DataCenter, timeout_s: float) -> list[str]:
@@ -166,7 +182,7 @@ def offset_ranges(
     topics = list(topics)
     if not topics:
         return {}
-    admin = AdminClient(kafka_settings(site, timeout_s).admin())
+    admin = AdminClient(_with_refusals(site, kafka_settings(site, timeout_s).admin()))
     ends: dict[str, list[int]] = {t: [] for t in topics}
     # Untyped in the library.
     specs = (OffsetSpec.earliest(), OffsetSpec.latest())  # type: ignore[no-untyped-call]
@@ -179,12 +195,12 @@ def offset_ranges(
                 ends[tp.topic].append(int(future.result(timeout=timeout_s).offset))
             except KafkaException as e:
                 if e.args[0].code() in _TIMEOUTS:
-                    raise _unreachable(site, timeout_s, f"offsets of {tp.topic}") from None
+                    raise _unreachable(site, timeout_s, f"offsets of {tp.topic}", admin) from None
                 raise PipelineError(
                     f"{site.name}: no offsets for {tp.topic}: {e.args[0].str()}"
                 ) from None
             except TimeoutError:
-                raise _unreachable(site, timeout_s, f"offsets of {tp.topic}") from None
+                raise _unreachable(site, timeout_s, f"offsets of {tp.topic}", admin) from None
     return {t: OffsetRange(low, high) for t, (low, high) in ends.items()}
 
 
@@ -248,7 +264,7 @@ def offset_for_time(
                     f" deleted offsets 0 to {span.low - 1}; the earliest is offset {span.low}"
                 )
     except KafkaException:
-        raise _unreachable(site, timeout_s, f"the time index of {topic}") from None
+        raise _unreachable(site, timeout_s, f"the time index of {topic}", consumer) from None
     finally:
         consumer.close()
     offset = found[0].offset
@@ -270,7 +286,7 @@ def offsets_since(
             [TopicPartition(t, 0, at_ms) for t in topics], timeout=timeout_s
         )
     except KafkaException:
-        raise _unreachable(site, timeout_s, "the time index") from None
+        raise _unreachable(site, timeout_s, "the time index", consumer) from None
     finally:
         consumer.close()
     return {tp.topic: None if tp.offset < 0 else int(tp.offset) for tp in found}
@@ -302,7 +318,9 @@ def read_range(
             elif follow is None and _at_end(consumer, topic, next_offset, stop, timeout_s):
                 return
             elif follow is None and time.monotonic() - quiet_since > timeout_s:
-                raise _unreachable(site, timeout_s, f"reading {topic} at offset {next_offset}")
+                raise _unreachable(
+                    site, timeout_s, f"reading {topic} at offset {next_offset}", consumer
+                )
             for msg in records:
                 next_offset = (msg.offset() or 0) + 1
                 if stop is not None and next_offset > stop:
@@ -311,7 +329,7 @@ def read_range(
             if stop is not None and next_offset >= stop:
                 return
     except KafkaException:
-        raise _unreachable(site, timeout_s, f"reading {topic}") from None
+        raise _unreachable(site, timeout_s, f"reading {topic}", consumer) from None
     finally:
         consumer.close()
 
@@ -341,14 +359,14 @@ def timestamps_at(site: DataCenter, offsets: Mapping[str, int], timeout_s: float
         while len(found) < len(offsets):
             if time.monotonic() > deadline:
                 missing = ", ".join(sorted(offsets.keys() - found.keys()))
-                raise _unreachable(site, timeout_s, f"reading the records of {missing}")
+                raise _unreachable(site, timeout_s, f"reading the records of {missing}", consumer)
             for msg in consumer.consume(500, timeout=0.2):
                 topic = msg.topic()
                 if msg.error() is None and topic is not None and topic not in found:
                     found[topic] = int(msg.timestamp()[1])
                     consumer.pause([TopicPartition(topic, 0)])
     except KafkaException:
-        raise _unreachable(site, timeout_s, "reading records") from None
+        raise _unreachable(site, timeout_s, "reading records", consumer) from None
     finally:
         consumer.close()
     return found
@@ -357,10 +375,22 @@ def timestamps_at(site: DataCenter, offsets: Mapping[str, int], timeout_s: float
 def _reader(site: DataCenter, timeout_s: float, **overrides: str | int | bool) -> Consumer:
     # A group id is required by librdkafka even for assign(); nothing is ever committed.
     return Consumer(
-        kafka_settings(site, timeout_s).consumer(
-            f"coopr-cli-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": False, **overrides}
+        _with_refusals(
+            site,
+            kafka_settings(site, timeout_s).consumer(
+                f"coopr-cli-{uuid.uuid4().hex[:8]}", **{"enable.partition.eof": False, **overrides}
+            ),
         )
     )
+
+
+#: Per DC, the last refusal a client heard (librdkafka reports it to a callback, not to the
+#: request that failed).
+_refused: dict[str, str] = {}
+
+
+def _with_refusals(site: DataCenter, config: ClientConfig) -> dict[str, Any]:
+    return {**config, "error_cb": partial(_note_refusal, site.name)}
 
 
 def _first_time(consumer: Consumer, topic: str, offset: int, timeout_s: float) -> int | None:

@@ -56,7 +56,7 @@ def ownership_show(dc: str | None, topology_file: Path, fmt: str) -> None:
     """Per shard: owner, epoch, writable, lease left, the claim's cut; per DC: heartbeat age,
     fenced, and which DCs do not hear it. Read from the chosen DC's own database and Kafka."""
     from controller.report import latest_heartbeats, liveness_rows, shard_states
-    from pipeline.kafka_config import KafkaSettings
+    from pipeline.kafka_config import settings_for
 
     topology = load_topology(topology_file)
     site, conn = _answering(topology, dc)
@@ -64,9 +64,7 @@ def ownership_show(dc: str | None, topology_file: Path, fmt: str) -> None:
         shards = shard_states(conn)
     finally:
         conn.close()
-    heartbeats = latest_heartbeats(
-        KafkaSettings(site.kafka, client_id="coopr-ownership"), topology, site.name
-    )
+    heartbeats = latest_heartbeats(settings_for(site, "coopr-ownership"), topology, site.name)
     dcs = liveness_rows(topology, heartbeats)
     if fmt == "json":
         report = {

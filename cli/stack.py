@@ -95,8 +95,14 @@ def _print_stack(run_dir: Path) -> bool:
     default=None,
     help="Topology file to run (TOML).",
 )
+@click.option(
+    "--secure",
+    is_flag=True,
+    help="Kafka over SASL_SSL (SCRAM-SHA-512) with ACLs, PostgreSQL over TLS with passwords; "
+    "certificates and secrets generated into the run dir (docs/security.md).",
+)
 @run_dir_option
-def stack_up(dcs: int | None, topology_file: Path | None, run_dir: Path) -> None:
+def stack_up(dcs: int | None, topology_file: Path | None, secure: bool, run_dir: Path) -> None:
     """Start the stack (what already runs is left alone) and wait until it is healthy."""
     from pipeline.stack import local_topology_toml, up
 
@@ -109,8 +115,15 @@ def stack_up(dcs: int | None, topology_file: Path | None, run_dir: Path) -> None
             run_dir.mkdir(parents=True, exist_ok=True)
             topology_file = run_dir / "topology.toml"
             topology_file.write_text(local_topology_toml(dcs))
-    up(run_dir, topology_file)
+    up(run_dir, topology_file, secure=secure)
     _print_stack(run_dir)
+    if secure:
+        secrets = run_dir.resolve() / "secrets"
+        click.echo()
+        click.echo(
+            f"secured: credentials in {secrets}; for the operator's commands run\n"
+            f"  set -a; . {secrets}/coopr-operator.env; set +a"
+        )
 
 
 @stack.command("status")

@@ -132,7 +132,7 @@ def worker_relay(
 ) -> None:
     """Publish this DC's outbox to its shard topics (one active relay per DC)."""
     from pipeline.db import ConnectionTimeouts
-    from pipeline.kafka_config import KafkaSettings
+    from pipeline.kafka_config import settings_for
     from pipeline.shutdown import stop_on_signals
     from producer.relay import Relay, RelayConfig
 
@@ -140,7 +140,7 @@ def worker_relay(
     config = RelayConfig(
         dc=dc,
         database=site.database,
-        kafka=KafkaSettings(site.kafka, client_id=f"coopr-relay-{dc}"),
+        kafka=settings_for(site, f"coopr-relay-{dc}"),
         batch_size=batch_size,
         batch_bytes=batch_bytes,
         ack_timeout_s=ack_timeout,
@@ -173,14 +173,14 @@ def worker_applier(
     """Apply the mirrored shard topics this DC replicates to its Postgres."""
     from consumer.applier import Applier, ApplierConfig, replicated_topics
     from pipeline.db import ConnectionTimeouts
-    from pipeline.kafka_config import KafkaSettings
+    from pipeline.kafka_config import settings_for
     from pipeline.shutdown import stop_on_signals
 
     topology, site = data_site(topology_file, dc)
     config = ApplierConfig(
         dc=dc,
         database=site.database,
-        kafka=KafkaSettings(site.kafka, client_id=f"coopr-applier-{dc}"),
+        kafka=settings_for(site, f"coopr-applier-{dc}"),
         topics=replicated_topics(topology, dc),
         batch_size=batch_size,
         batch_bytes=batch_bytes,
@@ -237,7 +237,7 @@ def worker_controller(
     """Watch every DC's heartbeats, hold this DC's leases and fail shards over
     (docs/ownership.md). One per DC is active; others wait as standbys."""
     from controller.worker import Controller, ControllerConfig
-    from pipeline.kafka_config import KafkaSettings
+    from pipeline.kafka_config import settings_for
     from pipeline.shutdown import stop_on_signals
 
     if failure_timeout <= 2 * interval:
@@ -251,7 +251,7 @@ def worker_controller(
         check_schema(dc, site.database)
     config = ControllerConfig(
         dc=dc,
-        kafka=KafkaSettings(site.kafka, client_id=f"coopr-controller-{dc}"),
+        kafka=settings_for(site, f"coopr-controller-{dc}"),
         topology=topology,
         database=None if site.witness else site.database,
         interval_s=interval,

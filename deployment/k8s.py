@@ -23,7 +23,7 @@ import yaml
 
 from deployment.kafka import PRODUCTION_REPLICATION
 from deployment.systemd import WORKER_PORTS
-from pipeline.acls import Principal, Role, cluster_principals, principal_name
+from pipeline.acls import Principal, Role, cluster_principals, mirrormaker_group, principal_name
 from pipeline.admin import TopicSpec
 from pipeline.mirrormaker import LATENCY_TUNING, flow_topics
 from pipeline.stack.orchestrator import dc_topics
@@ -269,7 +269,7 @@ def _mirror_maker(topology: Topology, target: str) -> dict[str, Any]:
             "replicas": 1,
             "target": {
                 **_cluster(topology.dc(target), user),
-                "groupId": f"{_APP}-mm2-{target}",
+                "groupId": mirrormaker_group(target),
                 "configStorageTopic": f"mm2-{target}.configs",
                 "offsetStorageTopic": f"mm2-{target}.offsets",
                 "statusStorageTopic": f"mm2-{target}.status",

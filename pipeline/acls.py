@@ -29,6 +29,7 @@ __all__ = [
     "Grant",
     "Principal",
     "cluster_principals",
+    "mirrormaker_group",
     "principal_name",
 ]
 
@@ -56,6 +57,13 @@ class Principal:
 
     user: str
     grants: tuple[Grant, ...]
+
+
+def mirrormaker_group(target: str) -> str:
+    """The Connect group of MirrorMaker 2 into ``target`` as Strimzi runs it (``deploy
+    render --target k8s``); run dedicated (the local stack) it has one group per flow,
+    ``<source>-mm2``."""
+    return f"coopr-pipeline-mm2-{target}"
 
 
 def principal_name(role: Role, dc: str | None = None) -> str:
@@ -122,6 +130,7 @@ def cluster_principals(topology: Topology, dc: str) -> tuple[Principal, ...]:
                 *(Grant("topic", f"{o}.", writes, "prefix") for o in others),
                 Grant("topic", "mm2-", writes, "prefix"),
                 *(Grant("group", f"{o}-mm2", ("Read", "Describe")) for o in others),
+                Grant("group", mirrormaker_group(dc), ("Read", "Describe")),
             ),
         )
     )

@@ -24,6 +24,7 @@ are lowered in :data:`LATENCY_TUNING`.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from pipeline.errors import ConfigError
 from pipeline.topics import MIRRORED_TOPICS, shard_topic
@@ -78,6 +79,7 @@ def render_mm2_properties(
     bootstrap: Mapping[str, str],
     *,
     replication_factor: int = 1,
+    credentials: Path | None = None,
 ) -> str:
     """``mm2-<target>.properties`` for ``org.apache.kafka.connect.mirror.MirrorMaker``
     started with ``--clusters <target>``: every flow into ``target``.
@@ -86,6 +88,11 @@ def render_mm2_properties(
     reach it (its own cluster directly, the others through their links). ``replication_factor``
     applies to mirrored topics and MirrorMaker 2's internal topics: 1 on the local
     single-broker stack, 3 in production.
+
+    A cluster whose topology entry says ``SASL_SSL`` is reached as ``coopr-mm2-<target>``
+    (docs/security.md) trusting its ``kafka_ca``; the password is read at start from
+    ``credentials`` (a properties file holding ``password=...``, readable by MirrorMaker's
+    user only) by Kafka's ``FileConfigProvider``, so it is never in this file.
     """
     names = [dc.name for dc in topology.dcs]
     topology.dc(target)
@@ -100,6 +107,33 @@ def render_mm2_properties(
     for name in names:
         lines.append(f"{name}.bootstrap.servers = {bootstrap[name]}")
         lines += [f"{name}.{key} = {value}" for key, value in LATENCY_TUNING.items()]
+    secured = [dc for dc in topology.dcs if dc.kafka_security == "SASL_SSL"]
+    if secured:
+        if credentials is None:
+            raise ConfigError(
+                f"{secured[0].name}'s Kafka wants SASL_SSL: MirrorMaker needs a credentials file",
+                source=topology.source,
+            )
+        lines += [
+            "config.providers = file",
+            "config.providers.file.class = "
+            "org.apache.kafka.common.config.provider.FileConfigProvider",
+        ]
+        login = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="coopr-mm2-{target}" password="${{file:{credentials}:password}}";'
+        )
+        for dc in secured:
+            lines += [
+                f"{dc.name}.security.protocol = SASL_SSL",
+                f"{dc.name}.sasl.mechanism = SCRAM-SHA-512",
+                f"{dc.name}.sasl.jaas.config = {login}",
+            ]
+            if dc.kafka_ca is not None:
+                lines += [
+                    f"{dc.name}.ssl.truststore.type = PEM",
+                    f"{dc.name}.ssl.truststore.location = {dc.kafka_ca}",
+                ]
     lines += [f"{key} = {value}" for key, value in _GLOBAL.items()]
     rf = str(replication_factor)
     for key in (

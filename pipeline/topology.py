@@ -11,6 +11,9 @@ The file is TOML::
     database = "postgresql://postgres@127.0.0.1:15432/coopr"   # libpq DSN
     # witness = true      # a controller-only DC: no shards, no database (leave it out),
     #                     # counts towards a majority
+    # kafka_security = "SASL_SSL"   # SCRAM-SHA-512 over TLS; PLAINTEXT by default. The
+    #                               # credentials come from the environment (docs/security.md)
+    # kafka_ca = "/etc/coopr-pipeline/ca.pem"   # CA bundle for the brokers' certificates
 
 Everything else is derived, deterministically, from the order of the ``[[dc]]`` entries:
 shard ``s`` is first owned by data DC ``s mod n`` and replicated to the next ``replicas``
@@ -33,14 +36,18 @@ from pipeline.dsn import redact_dsn
 from pipeline.errors import ConfigError
 from pipeline.topics import is_dc_name
 
-__all__ = ["DataCenter", "Topology", "load_topology", "parse_topology"]
+__all__ = ["KAFKA_SECURITY", "DataCenter", "Topology", "load_topology", "parse_topology"]
+
+#: How clients may reach a DC's Kafka: in the clear, or SCRAM-SHA-512 over TLS.
+KAFKA_SECURITY = ("PLAINTEXT", "SASL_SSL")
 
 _HOST_PORT = re.compile(r"[A-Za-z0-9._-]+:\d{1,5}")
 
 
 @dataclass(frozen=True, slots=True)
 class DataCenter:
-    """One DC: its name, Kafka bootstrap servers and database DSN.
+    """One DC: its name, Kafka bootstrap servers and database DSN, and how its Kafka is
+    reached (``kafka_security``: one of :data:`KAFKA_SECURITY`; ``kafka_ca``: a CA file).
 
     The DSN may hold a password, so reprs, logs and tables show ``database_redacted``.
     """
@@ -49,6 +56,8 @@ class DataCenter:
     kafka: str
     database: str = field(repr=False)
     witness: bool = False
+    kafka_security: str = "PLAINTEXT"
+    kafka_ca: str | None = None
     database_redacted: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -200,7 +209,7 @@ def _parse_dc(
     def fail(message: str, key: str) -> ConfigError:
         return ConfigError(message, field=f"{where}.{key}", source=source)
 
-    extra = set(entry) - {"name", "kafka", "database", "witness"}
+    extra = set(entry) - {"name", "kafka", "database", "witness", "kafka_security", "kafka_ca"}
     if extra:
         raise fail("unknown setting", sorted(extra)[0])
     name = entry.get("name")
@@ -223,4 +232,19 @@ def _parse_dc(
     ):
         shown = redact_dsn(database) if isinstance(database, str) else database
         raise fail(f"must be a postgresql:// DSN, not {shown!r}", "database")
-    return DataCenter(name=name, kafka=kafka, database=database, witness=witness)
+    security = entry.get("kafka_security", "PLAINTEXT")
+    if security not in KAFKA_SECURITY:
+        raise fail(
+            f"must be one of {', '.join(KAFKA_SECURITY)}, not {security!r}", "kafka_security"
+        )
+    ca = entry.get("kafka_ca")
+    if ca is not None and (not isinstance(ca, str) or not ca):
+        raise fail(f"must be the path of a CA file, not {ca!r}", "kafka_ca")
+    return DataCenter(
+        name=name,
+        kafka=kafka,
+        database=database,
+        witness=witness,
+        kafka_security=security,
+        kafka_ca=ca,
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,15 +16,21 @@ from tests.workers import WorkerProcess
 
 
 def run_cli(
-    topology_file: Path, *args: str, timeout_s: float = 180, expect: int | None = 0
+    topology_file: Path,
+    *args: str,
+    timeout_s: float = 180,
+    expect: int | None = 0,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``coopr-pipeline ARGS --topology F``; asserts the exit status (unless ``expect`` is
-    None) and that no traceback was printed, whatever the status."""
+    """``coopr-pipeline ARGS --topology F`` in an environment of ``env`` (default: this
+    process's); asserts the exit status (unless ``expect`` is None) and that no traceback was
+    printed, whatever the status."""
     done = subprocess.run(
         [sys.executable, "-m", "cli", "--log-json", *args, "--topology", str(topology_file)],
         capture_output=True,
         text=True,
         timeout=timeout_s,
+        env=env,
     )
     assert "Traceback" not in done.stderr + done.stdout, done.stderr[-3000:]
     if expect is not None:
@@ -49,11 +55,15 @@ def pipeline(
     try:
         for dc in relays:
             started[f"relay-{dc}"] = WorkerProcess(
-                stack.topology_file, "worker", "relay", "--dc", dc, "--poll-interval", "0.2"
+                stack.topology_file,
+                *("worker", "relay", "--dc", dc, "--poll-interval", "0.2"),
+                env=stack.worker_env("relay", dc),
             )
         for dc in appliers:
             started[f"applier-{dc}"] = WorkerProcess(
-                stack.topology_file, "worker", "applier", "--dc", dc
+                stack.topology_file,
+                *("worker", "applier", "--dc", dc),
+                env=stack.worker_env("applier", dc),
             )
         yield started
     finally:

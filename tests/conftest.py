@@ -11,8 +11,8 @@ Every shard of ``stack`` stays with its initial owner at epoch 1 under static ow
 (``COOPR_TEST_FAILOVER_BASE_PORT``, default 28090; ``COOPR_TEST_FAILOVER_RUN_DIR`` to reuse
 one). Its ownership moves from test to test, so its tests read who owns what first.
 ``pair_stack`` is two DCs without a witness (``COOPR_TEST_PAIR_BASE_PORT``, default 27090;
-``COOPR_TEST_PAIR_RUN_DIR``), ``witness_stack`` two data DCs and a witness (26090,
-``COOPR_TEST_WITNESS_*``).
+``COOPR_TEST_PAIR_RUN_DIR``), ``witness_stack`` two data DCs and a witness, secured (26090,
+``COOPR_TEST_WITNESS_*``; a reused one must have been started with ``stack up --secure``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from pipeline.kafka_config import KafkaSettings
 from pipeline.stack import down, local_topology_toml, status, up
 from pipeline.stack.postgres import admin_dsn, create_database
 from pipeline.stack.processes import StackState, stop
+from pipeline.stack.security import StackSecurity, client_settings
 from pipeline.stack.toxiproxy import Toxiproxy, start_toxiproxy
 from pipeline.topology import DataCenter, Topology, load_topology
 from tests.workers import free_port
@@ -47,8 +48,19 @@ class RunningStack:
     topology_file: Path
     topology: Topology
 
+    @property
+    def security(self) -> StackSecurity | None:
+        """The TLS material and secrets of a secured stack (``witness_stack``), else None."""
+        return StackSecurity.of(self.run_dir)
+
     def kafka(self, dc: str) -> KafkaSettings:
-        return KafkaSettings(bootstrap_servers=self.topology.dc(dc).kafka, client_id="tests")
+        """A client of ``dc``'s Kafka: the stack's administrator on a secured stack."""
+        return client_settings(self.security, self.topology.dc(dc), "tests")
+
+    def worker_env(self, kind: str, dc: str) -> dict[str, str] | None:
+        """The environment ``dc``'s worker ``kind`` runs with: its credentials when secured."""
+        security = self.security
+        return None if security is None else security.worker_environ(kind, dc)
 
     def dc(self, name: str) -> DataCenter:
         return self.topology.dc(name)
@@ -63,6 +75,7 @@ def _session_stack(
     replicas: int,
     dcs: int = 3,
     witnesses: int = 0,
+    secure: bool = False,
 ) -> Iterator[RunningStack]:
     prefix = "COOPR_TEST_" + ("" if name == "stack" else name.upper() + "_")
     reuse = os.environ.get(prefix + "RUN_DIR")
@@ -83,8 +96,10 @@ def _session_stack(
         local_topology_toml(dcs, replicas=replicas, base_port=base_port, witnesses=witnesses)
     )
     try:
-        up(run_dir, topology_file)
-        yield RunningStack(run_dir, topology_file, load_topology(topology_file))
+        up(run_dir, topology_file, secure=secure)
+        state = StackState.load(run_dir)
+        assert state is not None
+        yield RunningStack(run_dir, Path(state.topology), load_topology(state.topology))
     finally:
         down(run_dir, wipe=True)
 
@@ -109,8 +124,11 @@ def pair_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStac
 
 @pytest.fixture(scope="session")
 def witness_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    """2 data DCs and a witness: a majority of three without either data DC."""
-    yield from _session_stack(tmp_path_factory, "witness", replicas=1, dcs=3, witnesses=1)
+    """2 data DCs and a witness: a majority of three without either data DC; secured
+    (``stack up --secure``: SASL_SSL with ACLs, PostgreSQL over TLS)."""
+    yield from _session_stack(
+        tmp_path_factory, "witness", replicas=1, dcs=3, witnesses=1, secure=True
+    )
 
 
 @pytest.fixture(scope="session")

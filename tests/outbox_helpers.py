@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 
 from bench.load import event_for
-from pipeline.db import connect
+from pipeline.db import connect, fetch_all
 from pipeline.events import ClusterStatus, OperationCompleted
 from pipeline.shards import shard_of
 from producer.outbox import Published, publish
@@ -34,6 +34,14 @@ def inert_event(cluster_id: str, shard: int) -> OperationCompleted:
     event = event_for(cluster_id, shard)
     deleted = dataclasses.replace(event.cluster, status=ClusterStatus.TERMINATED)
     return dataclasses.replace(event, cluster=deleted, cluster_deleted=True)
+
+
+def shard_backlog(dsn: str, shard: int) -> int:
+    """Rows of ``shard`` in the outbox at ``dsn`` that the relay has not marked published."""
+    rows = fetch_all(
+        dsn, "SELECT count(*) FROM outbox WHERE published_at IS NULL AND shard = %s", (shard,)
+    )
+    return int(rows[0][0])
 
 
 def publish_events(

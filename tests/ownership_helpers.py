@@ -24,6 +24,7 @@ def controller(stack: RunningStack, dc: str) -> WorkerProcess:
         stack.topology_file,
         *("worker", "controller", "--dc", dc, "--interval", "0.5"),
         *("--failure-timeout", str(TIMEOUT_S)),
+        env=stack.worker_env("controller", dc),
     )
 
 

@@ -35,7 +35,7 @@ from producer.outbox import Published, publish
 from producer.relay import _FETCH, Relay, RelayConfig
 from tests.conftest import RunningStack
 from tests.kafka_helpers import delete_topic, read_to_end, set_topic_config
-from tests.outbox_helpers import EventWriter, cluster_ids_of, publish_events
+from tests.outbox_helpers import EventWriter, cluster_ids_of, publish_events, shard_backlog
 from tests.workers import WorkerProcess, free_port
 
 pytestmark = pytest.mark.stack
@@ -331,13 +331,6 @@ def start_active(stack: RunningStack, relays: list[RelayProcess]) -> RelayProces
     relay.wait_role("active", 30)
     wait_drained(stack.dc(DC).database, 60)
     return relay
-
-
-def shard_backlog(dsn: str, shard: int) -> int:
-    rows = fetch_all(
-        dsn, "SELECT count(*) FROM outbox WHERE published_at IS NULL AND shard = %s", (shard,)
-    )
-    return int(rows[0][0])
 
 
 @pytest.mark.slow

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ def free_port() -> int:
 class WorkerProcess:
     """One CLI process; its log (JSON lines) goes to a file, never to a pipe that could fill."""
 
-    def __init__(self, topology_file: Path, *args: str):
+    def __init__(self, topology_file: Path, *args: str, env: Mapping[str, str] | None = None):
         self.port = free_port()
         self.killed = False
         self.log = Path(tempfile.mkstemp(prefix="coopr-worker-", suffix=".log")[1])
@@ -41,6 +43,7 @@ class WorkerProcess:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
             )
 
     def health(self) -> dict[str, Any] | None:

@@ -11,6 +11,13 @@ from pathlib import Path
 from pipeline.stack.layout import controller_port, link_port, listener_name, listener_port
 from pipeline.stack.processes import KAFKA, ProcessRecord, process_name, run_to_completion, spawn
 from pipeline.stack.runtime import deploy_dir, java, kafka_classpath
+from pipeline.stack.security import (
+    ADMIN_USER,
+    BROKER_USER,
+    StackSecurity,
+    broker_cn,
+    write_private,
+)
 from pipeline.topology import DataCenter, Topology
 
 __all__ = [
@@ -95,24 +102,33 @@ def broker_ports(dc: DataCenter, remote: Sequence[RemoteListener] = ()) -> tuple
     return (dc.kafka_port, controller_port(dc), *(r.port for r in remote))
 
 
-def broker_properties(dc: DataCenter, data_dir: Path, remote: Sequence[RemoteListener] = ()) -> str:
-    """``server.properties`` of ``dc``'s broker: PLAINTEXT for the DC's own clients at the
-    topology's address, the controller, and the ``remote`` listeners."""
+def broker_properties(
+    dc: DataCenter,
+    data_dir: Path,
+    remote: Sequence[RemoteListener] = (),
+    security: StackSecurity | None = None,
+) -> str:
+    """``server.properties`` of ``dc``'s broker: a listener for the DC's own clients at the
+    topology's address, the controller, and the ``remote`` listeners. With ``security`` the
+    client and remote listeners are SASL_SSL (SCRAM-SHA-512), the controller's is TLS with
+    client certificates, and the standard authorizer denies what no ACL allows."""
+    clients = "PLAINTEXT" if security is None else "CLIENT"
     listeners = ",".join(
         [
-            f"PLAINTEXT://127.0.0.1:{dc.kafka_port}",
+            f"{clients}://127.0.0.1:{dc.kafka_port}",
             f"CONTROLLER://127.0.0.1:{controller_port(dc)}",
             *(f"{r.name}://127.0.0.1:{r.port}" for r in remote),
         ]
     )
     advertised = ",".join(
         [
-            f"PLAINTEXT://127.0.0.1:{dc.kafka_port}",
+            f"{clients}://127.0.0.1:{dc.kafka_port}",
             *(f"{r.name}://127.0.0.1:{r.advertised_port}" for r in remote),
         ]
     )
+    sasl, tls = ("PLAINTEXT", "PLAINTEXT") if security is None else ("SASL_SSL", "SSL")
     protocols = ",".join(
-        ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT", *(f"{r.name}:PLAINTEXT" for r in remote)]
+        [f"{clients}:{sasl}", f"CONTROLLER:{tls}", *(f"{r.name}:{sasl}" for r in remote)]
     )
     return "\n".join(
         [
@@ -123,8 +139,13 @@ def broker_properties(dc: DataCenter, data_dir: Path, remote: Sequence[RemoteLis
             f"listeners={listeners}",
             f"advertised.listeners={advertised}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
+            f"inter.broker.listener.name={clients}",
             f"listener.security.protocol.map={protocols}",
+            *(
+                ()
+                if security is None
+                else _secured(dc, [clients, *(r.name for r in remote)], security)
+            ),
             f"log.dirs={data_dir}",
             "num.partitions=1",
             "default.replication.factor=1",
@@ -143,26 +164,75 @@ def broker_properties(dc: DataCenter, data_dir: Path, remote: Sequence[RemoteLis
     )
 
 
+def _secured(dc: DataCenter, sasl_listeners: Sequence[str], security: StackSecurity) -> list[str]:
+    """The TLS, SCRAM and authorizer settings of a secured broker (docs/security.md)."""
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+    broker = f'{scram} username="{BROKER_USER}" password="{security.password(BROKER_USER)}";'
+    jaas = [
+        # The client listener is also the inter-broker one, so it carries the broker's login.
+        f"listener.name.{name.lower()}.scram-sha-512.sasl.jaas.config="
+        + (broker if i == 0 else f"{scram};")
+        for i, name in enumerate(sasl_listeners)
+    ]
+    return [
+        "sasl.enabled.mechanisms=SCRAM-SHA-512",
+        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+        *jaas,
+        "ssl.keystore.type=PKCS12",
+        f"ssl.keystore.location={security.keystore(dc.name)}",
+        f"ssl.keystore.password={security.password('keystore')}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={security.ca_file}",
+        # Only the broker itself talks to its controller: by its certificate.
+        "listener.name.controller.ssl.client.auth=required",
+        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found=false",
+        f"super.users=User:{BROKER_USER};User:{ADMIN_USER};User:CN={broker_cn(dc.name)}",
+    ]
+
+
+def _format(
+    dc: DataCenter, config: Path, security: StackSecurity | None, users: Sequence[str]
+) -> None:
+    """Format ``dc``'s log dir; with ``security``, with the SCRAM credentials of ``users``."""
+    # The ``=`` form keeps the id one argument whatever it starts with.
+    args = ["format", f"--cluster-id={new_cluster_id()}", "--config", str(config)]
+    if security is None:
+        run_to_completion(
+            java_argv("kafka.tools.StorageTool", *args),
+            what=f"formatting the Kafka log dir of {dc.name}",
+        )
+        return
+    for user in users:
+        args += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={security.password(user)}]"]
+    # The passwords go in a Java argument file, never on a command line others can read.
+    argfile = config.parent / "format.args"
+    write_private(argfile, "\n".join(["kafka.tools.StorageTool", *args]).encode())
+    try:
+        argv = java_argv("kafka.tools.StorageTool")
+        argv[-1] = f"@{argfile}"
+        run_to_completion(argv, what=f"formatting the Kafka log dir of {dc.name}")
+    finally:
+        argfile.unlink(missing_ok=True)
+
+
 def start_broker(
-    dc: DataCenter, root: Path, log: Path, remote: Sequence[RemoteListener] = ()
+    dc: DataCenter,
+    root: Path,
+    log: Path,
+    remote: Sequence[RemoteListener] = (),
+    security: StackSecurity | None = None,
+    users: Sequence[str] = (),
 ) -> ProcessRecord:
-    """Format (first time only) and start the broker of ``dc``, its files under ``root``."""
+    """Format (first time only) and start the broker of ``dc``, its files under ``root``;
+    with ``security``, secured, the SCRAM ``users`` created at the format."""
     data = root / "data"
     config = root / "server.properties"
     root.mkdir(parents=True, exist_ok=True)
-    config.write_text(broker_properties(dc, data, remote))
+    # It may hold passwords: readable by its owner only.
+    write_private(config, broker_properties(dc, data, remote, security).encode())
     if not (data / "meta.properties").exists():
-        # The ``=`` form keeps the id one argument whatever it starts with.
-        run_to_completion(
-            java_argv(
-                "kafka.tools.StorageTool",
-                "format",
-                f"--cluster-id={new_cluster_id()}",
-                "--config",
-                str(config),
-            ),
-            what=f"formatting the Kafka log dir of {dc.name}",
-        )
+        _format(dc, config, security, users)
     return spawn(
         process_name(KAFKA, dc.name),
         java_argv("kafka.Kafka", str(config)),

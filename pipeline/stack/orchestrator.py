@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from pipeline.acls import principal_name
 from pipeline.admin import TopicSpec, ensure_topics, list_topics
 from pipeline.db import ConnectionTimeouts, connect, prepare
 from pipeline.errors import PipelineError, PortInUseError, StackError
@@ -48,6 +49,12 @@ from pipeline.stack.processes import (
     stop,
 )
 from pipeline.stack.runtime import java, kafka_classpath, pg_bindir, toxiproxy
+from pipeline.stack.security import (
+    StackSecurity,
+    client_settings,
+    create_acls,
+    secure_topology_toml,
+)
 from pipeline.stack.toxiproxy import Toxiproxy, start_toxiproxy
 from pipeline.topics import (
     DLQ_TOPIC,
@@ -64,6 +71,8 @@ __all__ = ["ProcessStatus", "dc_topics", "down", "kill_dc", "start_dc", "status"
 
 log = get_logger(__name__)
 
+#: The topology a secured stack runs, in its run dir.
+SECURE_TOPOLOGY = "topology.secure.toml"
 #: Heap ceiling of each MirrorMaker 2 process (MB).
 MIRRORMAKER_HEAP_MB = 192
 #: Longest wait for the brokers and databases to answer after start (s).
@@ -109,14 +118,14 @@ def _expected_mirrors(topology: Topology, target: str) -> set[str]:
     }
 
 
-def _kafka(dc: DataCenter) -> KafkaSettings:
+def _kafka(dc: DataCenter, security: StackSecurity | None) -> KafkaSettings:
     # Probes expect refused connections while a broker starts: librdkafka need not print them.
-    return KafkaSettings(bootstrap_servers=dc.kafka, client_id="coopr-pipeline-stack", log_level=0)
+    return client_settings(security, dc, "coopr-pipeline-stack", log_level=0)
 
 
-def _check_kafka(dc: DataCenter) -> str:
+def _check_kafka(dc: DataCenter, security: StackSecurity | None) -> str:
     try:
-        list_topics(_kafka(dc), timeout_s=2.0)
+        list_topics(_kafka(dc, security), timeout_s=2.0)
     except PipelineError as e:
         return f"unreachable: {e}"
     return "healthy"
@@ -130,9 +139,9 @@ def _check_postgres(dc: DataCenter) -> str:
     return "healthy"
 
 
-def _check_mirrors(topology: Topology, target: str) -> str:
+def _check_mirrors(topology: Topology, target: str, security: StackSecurity | None) -> str:
     try:
-        found = list_topics(_kafka(topology.dc(target)), timeout_s=2.0)
+        found = list_topics(_kafka(topology.dc(target), security), timeout_s=2.0)
     except PipelineError as e:
         return f"cannot check {target}: {e}"
     missing = _expected_mirrors(topology, target) - found
@@ -141,13 +150,15 @@ def _check_mirrors(topology: Topology, target: str) -> str:
     return "healthy"
 
 
-def _checks(topology: Topology) -> dict[str, Callable[[], str]]:
+def _checks(topology: Topology, security: StackSecurity | None) -> dict[str, Callable[[], str]]:
     checks: dict[str, Callable[[], str]] = {TOXIPROXY: partial(check_links, topology)}
     for dc in topology.dcs:
         if not dc.witness:
             checks[process_name(POSTGRES, dc.name)] = partial(_check_postgres, dc)
-        checks[process_name(KAFKA, dc.name)] = partial(_check_kafka, dc)
-        checks[process_name(MIRRORMAKER, dc.name)] = partial(_check_mirrors, topology, dc.name)
+        checks[process_name(KAFKA, dc.name)] = partial(_check_kafka, dc, security)
+        checks[process_name(MIRRORMAKER, dc.name)] = partial(
+            _check_mirrors, topology, dc.name, security
+        )
     return checks
 
 
@@ -218,7 +229,11 @@ def _state_for(run_dir: Path, topology_path: Path) -> StackState:
 
 
 def _server_starts(
-    topology: Topology, dcs: Iterable[DataCenter], run_dir: Path, logs: Path
+    topology: Topology,
+    dcs: Iterable[DataCenter],
+    run_dir: Path,
+    logs: Path,
+    security: StackSecurity | None,
 ) -> list[tuple[str, Callable[[], ProcessRecord]]]:
     """How to start the toxiproxy and each DC's PostgreSQL (not for witnesses) and broker."""
     api = toxiproxy_port(topology)
@@ -228,23 +243,37 @@ def _server_starts(
     for dc in dcs:
         if not dc.witness:
             pg = process_name(POSTGRES, dc.name)
-            starts.append((pg, partial(postgres.start_postgres, run_dir, dc, logs / f"{pg}.log")))
+            start_pg = partial(postgres.start_postgres, run_dir, dc, logs / f"{pg}.log", security)
+            starts.append((pg, start_pg))
         kafka = process_name(KAFKA, dc.name)
-        kafka_dir = run_dir / "kafka" / dc.name
-        remote = remote_listeners(topology, dc)
-        starts.append((kafka, partial(start_broker, dc, kafka_dir, logs / f"{kafka}.log", remote)))
+        users = () if security is None else security.cluster_users(topology, dc.name)
+        start = partial(
+            start_broker,
+            dc,
+            run_dir / "kafka" / dc.name,
+            logs / f"{kafka}.log",
+            remote_listeners(topology, dc),
+            security,
+            users,
+        )
+        starts.append((kafka, start))
     return starts
 
 
-def _prepare_dcs(topology: Topology, dcs: Iterable[DataCenter]) -> None:
-    """Create and migrate the data DCs' databases, and the DCs' local topics."""
+def _prepare_dcs(
+    topology: Topology, dcs: Iterable[DataCenter], security: StackSecurity | None
+) -> None:
+    """Create and migrate the data DCs' databases, and the DCs' local topics and ACLs."""
     for dc in dcs:
         if not dc.witness:
             postgres.create_database(dc)
             applied = prepare(topology, dc.name)
             log.info("database ready", dc=dc.name, migrations_applied=[m.version for m in applied])
-        created = ensure_topics(_kafka(dc), dc_topics(topology, dc))
+        created = ensure_topics(_kafka(dc, security), dc_topics(topology, dc))
         log.info("topics ready", dc=dc.name, created=len(created))
+        if security is not None:
+            acls = create_acls(_kafka(dc, security), topology, dc)
+            log.info("ACLs ready", dc=dc.name, bindings=acls)
 
 
 def _mirrormaker_bootstrap(topology: Topology, target: str) -> dict[str, str]:
@@ -277,7 +306,8 @@ class _Starter:
         self.topology = topology
         self.state = state
         self.logs = run_dir / "logs"
-        self.checks = _checks(topology)
+        self.security = StackSecurity.of(run_dir)
+        self.checks = _checks(topology, self.security)
         self._saving = threading.Lock()
 
     def ensure(self, name: str, start: Callable[[], ProcessRecord]) -> None:
@@ -302,7 +332,7 @@ class _Starter:
     def servers(self, dcs: tuple[DataCenter, ...]) -> None:
         """The toxiproxy with every link, and the DCs' databases and brokers, until each
         answers."""
-        starts = _server_starts(self.topology, dcs, self.run_dir, self.logs)
+        starts = _server_starts(self.topology, dcs, self.run_dir, self.logs, self.security)
         # initdb and the Kafka storage format take seconds each: run them side by side.
         with ThreadPoolExecutor(max_workers=len(starts)) as pool:
             for future in [pool.submit(self.ensure, name, start) for name, start in starts]:
@@ -322,7 +352,14 @@ class _Starter:
             name = process_name(MIRRORMAKER, dc.name)
             config = self.run_dir / "mirrormaker" / f"mm2-{dc.name}.properties"
             bootstrap = _mirrormaker_bootstrap(self.topology, dc.name)
-            rendered = render_mm2_properties(self.topology, dc.name, bootstrap)
+            credentials = (
+                None
+                if self.security is None
+                else self.security.properties_file(principal_name("mm2", dc.name))
+            )
+            rendered = render_mm2_properties(
+                self.topology, dc.name, bootstrap, credentials=credentials
+            )
             current = self.state.processes.get(name)
             if (
                 current is not None
@@ -346,17 +383,27 @@ def _bring_up(
     starter.retire()
     _check_ports(topology, state, dcs)
     starter.servers(dcs)
-    _prepare_dcs(topology, dcs)
+    _prepare_dcs(topology, dcs, starter.security)
     starter.mirrormakers(dcs)
 
 
-def up(run_dir: Path, topology_path: Path) -> list[ProcessStatus]:
-    """Start whatever of the stack is not running yet and wait until all of it is healthy."""
+def up(run_dir: Path, topology_path: Path, *, secure: bool = False) -> list[ProcessStatus]:
+    """Start whatever of the stack is not running yet and wait until all of it is healthy.
+
+    With ``secure`` the stack runs ``topology_path`` secured (:mod:`pipeline.stack.security`):
+    the topology it runs is written to ``<run_dir>/topology.secure.toml``.
+    """
     run_dir = run_dir.resolve()
     topology_path = topology_path.resolve()
     topology = load_topology(topology_path)
     check_layout(topology)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if secure:
+        security = StackSecurity(run_dir)
+        security.ensure(topology)
+        topology_path = run_dir / SECURE_TOPOLOGY
+        topology_path.write_text(secure_topology_toml(topology, security))
+        topology = load_topology(topology_path)
     _bring_up(run_dir, topology, _state_for(run_dir, topology_path), topology.dcs)
     return status(run_dir)
 
@@ -409,7 +456,7 @@ def status(run_dir: Path) -> list[ProcessStatus]:
     state = StackState.load(run_dir.resolve())
     if state is None:
         return []
-    checks = _checks(load_topology(state.topology))
+    checks = _checks(load_topology(state.topology), StackSecurity.of(run_dir.resolve()))
     rows = []
     for name, record in state.processes.items():
         running = is_running(record)
@@ -453,7 +500,10 @@ def down(run_dir: Path, *, wipe: bool = False) -> list[str]:
         topology = load_topology(state.topology) if Path(state.topology).exists() else None
         for dc in topology.dcs if topology else ():
             postgres.remove_data(run_dir, dc)
-        for child in ("kafka", "postgres", "mirrormaker", "workers", "logs", "stack.json"):
+        for child in (
+            *("kafka", "postgres", "mirrormaker", "workers", "logs", "stack.json"),
+            *("tls", "secrets", SECURE_TOPOLOGY),
+        ):
             path = run_dir / child
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)

@@ -28,6 +28,7 @@ from pipeline.stack.processes import (
     spawn,
 )
 from pipeline.stack.runtime import pg_bindir
+from pipeline.stack.security import StackSecurity, write_private
 from pipeline.topology import DataCenter
 
 __all__ = ["admin_dsn", "create_database", "data_dir", "remove_data", "start_postgres"]
@@ -82,33 +83,63 @@ def remove_data(run_dir: Path, dc: DataCenter) -> None:
         link.unlink()
 
 
-def start_postgres(run_dir: Path, dc: DataCenter, log: Path) -> ProcessRecord:
-    """initdb (first time only) and start ``dc``'s server on the port of its DSN."""
+def _initdb(data: Path, dc: DataCenter, user: str | None, security: StackSecurity | None) -> None:
+    """Create ``dc``'s cluster in ``data``: trusting local connections, or with ``security``
+    the ``postgres`` password from the stack's secrets and TLS with scram-sha-256 only."""
+    data.mkdir(parents=True, exist_ok=True)
+    if user is not None:
+        shutil.chown(data, user, user)
+        shutil.chown(data.parent, user, user)
+    argv = [str(pg_bindir() / "initdb"), "-D", str(data), "-U", "postgres"]
+    argv += ["-E", "UTF8", "--locale=C", "--no-instructions"]
+    if security is None:
+        run_to_completion([*argv, "--auth=trust"], what=f"initdb for {dc.name}", user=user)
+        return
+    # initdb reads the password from a file the server's user can open, never an argument.
+    pwfile = data.parent / f".pwfile-{dc.name}"
+    write_private(pwfile, security.password(f"postgres-{dc.name}").encode())
+    try:
+        if user is not None:
+            shutil.chown(pwfile, user, user)
+        run_to_completion(
+            [*argv, "--auth=scram-sha-256", f"--pwfile={pwfile}"],
+            what=f"initdb for {dc.name}",
+            user=user,
+        )
+    finally:
+        pwfile.unlink(missing_ok=True)
+    # The server wants its key owned by its user and closed to others.
+    for source, target in (
+        (security.cert(dc.name), "server.crt"),
+        (security.key(dc.name), "server.key"),
+    ):
+        write_private(data / target, source.read_bytes())
+        if user is not None:
+            shutil.chown(data / target, user, user)
+    (data / "pg_hba.conf").write_text(
+        "# TLS and scram-sha-256 only (stack up --secure).\n"
+        "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+    )
+
+
+def start_postgres(
+    run_dir: Path, dc: DataCenter, log: Path, security: StackSecurity | None = None
+) -> ProcessRecord:
+    """initdb (first time only) and start ``dc``'s server on the port of its DSN; with
+    ``security``, over TLS with passwords only."""
     bindir = pg_bindir()
     user = _server_user()
     data = data_dir(run_dir, dc)
     if not (data / "PG_VERSION").exists():
-        data.mkdir(parents=True, exist_ok=True)
-        if user is not None:
-            shutil.chown(data, user, user)
-            shutil.chown(data.parent, user, user)
-        run_to_completion(
-            [
-                str(bindir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-instructions",
-            ],
-            what=f"initdb for {dc.name}",
-            user=user,
-        )
+        _initdb(data, dc, user, security)
     settings = {**_SERVER_SETTINGS, "port": str(dc.database_port)}
+    if security is not None:
+        settings |= {
+            "ssl": "on",
+            "ssl_cert_file": "server.crt",
+            "ssl_key_file": "server.key",
+            "password_encryption": "scram-sha-256",
+        }
     argv = [str(bindir / "postgres")]
     for key, value in settings.items():
         argv += ["-c", f"{key}={value}"]
