@@ -54,7 +54,7 @@ def render_manifests(topology: Topology, dc: str, image: str) -> str:
     )
     docs: list[dict[str, Any]] = [_topology_map(topology)]
     for kind in kinds:
-        docs += [_deployment(kind, dc, image), _budget(kind), _service(kind)]
+        docs += [_deployment(kind, site, image), _budget(kind), _service(kind)]
     docs += [_topic(dc, spec) for spec in dc_topics(topology, site)]
     mirror_makers = {principal_name("mm2", other.name) for other in topology.dcs}
     docs += [_user(dc, p, p.user in mirror_makers) for p in cluster_principals(topology, dc)]
@@ -81,10 +81,14 @@ def _shared_password(user: str) -> str:
     return f"{user}-password"
 
 
-def _deployment(kind: Role, dc: str, image: str) -> dict[str, Any]:
+def _deployment(kind: Role, site: DataCenter, image: str) -> dict[str, Any]:
+    dc = site.name
     port = WORKER_PORTS[kind]
     user = principal_name(kind, dc)
     probe = {"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": 10}
+    mounts: list[dict[str, Any]] = [
+        {"name": "topology", "mountPath": _TOPOLOGY_DIR, "readOnly": True}
+    ]
     container = {
         "name": kind,
         "image": image,
@@ -114,8 +118,17 @@ def _deployment(kind: Role, dc: str, image: str) -> dict[str, Any]:
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "topology", "mountPath": _TOPOLOGY_DIR, "readOnly": True}],
+        "volumeMounts": mounts,
     }
+    volumes: list[dict[str, Any]] = [
+        {"name": "topology", "configMap": {"name": f"{_APP}-topology"}}
+    ]
+    if site.kafka_ca is not None:
+        # The topology's CA file is the DC's Strimzi cluster CA, one file at its path.
+        mounts.append(
+            {"name": "kafka-ca", "mountPath": site.kafka_ca, "subPath": "ca.crt", "readOnly": True}
+        )
+        volumes.append({"name": "kafka-ca", "secret": {"secretName": f"{dc}-cluster-ca-cert"}})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -131,7 +144,7 @@ def _deployment(kind: Role, dc: str, image: str) -> dict[str, Any]:
                     "terminationGracePeriodSeconds": 60,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
                     "containers": [container],
-                    "volumes": [{"name": "topology", "configMap": {"name": f"{_APP}-topology"}}],
+                    "volumes": volumes,
                 },
             },
         },

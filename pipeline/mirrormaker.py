@@ -119,6 +119,8 @@ def render_mm2_properties(
             "config.providers.file.class = "
             "org.apache.kafka.common.config.provider.FileConfigProvider",
         ]
+        # pipeline.acls.principal_name("mm2", target); acls derives its grants from this
+        # module's flows, so it cannot be imported here.
         login = (
             "org.apache.kafka.common.security.scram.ScramLoginModule required "
             f'username="coopr-mm2-{target}" password="${{file:{credentials}:password}}";'

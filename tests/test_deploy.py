@@ -30,9 +30,18 @@ _INSTALLED = str(Path(sys.executable).parent / "coopr-pipeline")
 _HERE = Installed(executable=_INSTALLED)
 
 
-def _witness_topology(tmp_path: Path) -> Topology:
+_CA = "/etc/coopr-pipeline/kafka-ca.crt"
+
+
+def _witness_topology(tmp_path: Path, *, secured: bool = False) -> Topology:
+    """Two data DCs and a witness; ``secured``: every Kafka over SASL_SSL trusting :data:`_CA`."""
     path = tmp_path / "topology.toml"
-    path.write_text(local_topology_toml(3, replicas=1, witnesses=1))
+    text = local_topology_toml(3, replicas=1, witnesses=1)
+    if secured:
+        text = text.replace(
+            "\nkafka = ", f'\nkafka_security = "SASL_SSL"\nkafka_ca = "{_CA}"\nkafka = '
+        )
+    path.write_text(text)
     return load_topology(path)
 
 
@@ -319,7 +328,7 @@ def test_k8s_mirror_maker_logs_in_to_each_cluster_as_its_user(tmp_path: Path) ->
 
 
 def test_rendered_files_hold_no_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    topology = _witness_topology(tmp_path)
+    topology = _witness_topology(tmp_path, secured=True)
     secret = f"pw-{uuid.uuid4().hex}"
     for name in ("PGPASSWORD", "COOPR_KAFKA_PASSWORD", "COOPR_KAFKA_DC1_PASSWORD"):
         monkeypatch.setenv(name, secret)
@@ -328,3 +337,26 @@ def test_rendered_files_hold_no_password(tmp_path: Path, monkeypatch: pytest.Mon
         run_cli(Path(topology.source), "deploy", "render", "--target", target, "--out", str(out))
         for path in out.iterdir():
             assert secret not in path.read_text(), path.name
+
+
+def test_a_secured_topology_renders_logins_and_trust_by_reference(tmp_path: Path) -> None:
+    topology = _witness_topology(tmp_path, secured=True)
+    [mm2] = [p for p in render(topology, "mm2", tmp_path / "mm2", _HERE) if "dc2" in p.name]
+    config = dict(line.split(" = ", 1) for line in mm2.read_text().splitlines() if " = " in line)
+    assert config["config.providers"] == "file"
+    for dc in topology.dcs:
+        assert config[f"{dc.name}.security.protocol"] == "SASL_SSL"
+        assert config[f"{dc.name}.ssl.truststore.location"] == _CA
+        login = config[f"{dc.name}.sasl.jaas.config"]
+        assert 'username="coopr-mm2-dc2"' in login
+        assert "${file:/etc/coopr-pipeline/mm2-dc2.properties:password}" in login
+    schemas = _crd_schemas()
+    [k8s] = [p for p in render(topology, "k8s", tmp_path / "k8s", _HERE) if "dc1" in p.name]
+    deployments = [d for d in yaml.safe_load_all(k8s.read_text()) if d["kind"] == "Deployment"]
+    assert len(deployments) == 3
+    for doc in deployments:
+        assert _problems(doc, schemas) == [], doc["metadata"]["name"]
+        pod = doc["spec"]["template"]["spec"]
+        [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == _CA]
+        [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        assert volume["secret"]["secretName"] == "dc1-cluster-ca-cert"
