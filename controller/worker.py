@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -120,7 +120,7 @@ class ControllerConfig:
     topology: Topology
     #: libpq DSN of this DC's database; None for a witness, which keeps its promises in
     #: its own heartbeats (``controller/witness.py``).
-    database: str | None
+    database: str | None = field(repr=False)
     interval_s: float = 1.0
     failure_timeout_s: float = 10.0
     lease_s: float = 5.0

@@ -46,6 +46,27 @@ def test_a_password_reaches_librdkafka_and_no_repr() -> None:
     assert "s3cr3t-pw" not in repr(settings) and "s3cr3t-pw" not in str(settings)
 
 
+def test_no_workers_settings_show_a_password_in_their_repr() -> None:
+    from consumer.applier import ApplierConfig
+    from controller.worker import ControllerConfig
+    from producer.relay import RelayConfig
+
+    kafka = settings_for(
+        SECURED, "t", environ={"COOPR_KAFKA_USERNAME": "u", "COOPR_KAFKA_PASSWORD": "kafka-pw-1"}
+    )
+    dsn = "postgresql://coopr:db-pw-1@h/coopr"
+    topology = parse_topology(
+        {"shard_count": 2, "dc": [{"name": n, "kafka": "h:1", "database": dsn} for n in "ab"]}
+    )
+    configs = [
+        RelayConfig(dc="a", database=dsn, kafka=kafka),
+        ApplierConfig(dc="a", database=dsn, kafka=kafka, topics=()),
+        ControllerConfig(dc="a", kafka=kafka, topology=topology, database=dsn),
+    ]
+    for config in configs:
+        assert "kafka-pw-1" not in repr(config) and "db-pw-1" not in repr(config), config
+
+
 def test_a_dc_of_its_own_credentials_wins_over_the_common_ones() -> None:
     environ = {
         "COOPR_KAFKA_USERNAME": "common",
