@@ -68,7 +68,9 @@ def pipeline(
         yield started
     finally:
         for worker in started.values():
+            worker.ask_to_stop()  # all at once: each takes up to a second to stop
+        for worker in started.values():
             try:
-                worker.terminate(30)
+                worker.proc.wait(30)
             except subprocess.TimeoutExpired:
                 worker.kill()

@@ -45,7 +45,7 @@ from tests.ownership_helpers import (
     wait_until,
     writable_everywhere,
 )
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, terminate_all
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -217,8 +217,8 @@ def test_never_two_writers_when_an_owner_stalls_or_cannot_be_heard(
 
     assert interleaved(stack, moved, scene.since) == []
     assert applied_beyond_cuts(stack, survivors, moved, victim, scene.before) == []
-    for worker in controllers.values():
-        assert worker.terminate() == 0, worker.output()[-2000:]
+    for worker, status in terminate_all(controllers.values()):
+        assert status == 0, worker.output()[-2000:]
 
 
 def test_never_two_writers_when_a_claimant_is_cut_off_mid_claim_and_another_claims(
@@ -290,5 +290,5 @@ def test_never_two_writers_when_a_claimant_is_cut_off_mid_claim_and_another_clai
     assert {s: after[s][1] for s in moved} == highest
     assert interleaved(stack, moved, scene.since) == []
     wait_until(lambda: hears_all(controllers), 90, "all hear all again")
-    for worker in controllers.values():
-        assert worker.terminate() == 0, worker.output()[-2000:]
+    for worker, status in terminate_all(controllers.values()):
+        assert status == 0, worker.output()[-2000:]

@@ -33,7 +33,7 @@ from tests.ownership_helpers import (
     wait_until,
     writable_everywhere,
 )
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, terminate_all
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -150,8 +150,8 @@ def test_a_dc_cut_off_fences_itself_loses_its_shards_and_catches_up_after_the_he
         f"{victim} suspected {took:.1f} s after the cut (failure timeout {TIMEOUT_S:g} s);"
         f" {len(moved)} shards moved; demoted and caught up after the heal"
     )
-    for worker in controllers.values():
-        assert worker.terminate() == 0, worker.output()[-2000:]
+    for worker, status in terminate_all(controllers.values()):
+        assert status == 0, worker.output()[-2000:]
 
 
 def test_a_planned_move_under_load_loses_nothing_and_every_replica_follows_the_cut(
@@ -250,8 +250,8 @@ def test_a_planned_move_under_load_loses_nothing_and_every_replica_follows_the_c
         for w in others:
             if w.proc.poll() is None and w.terminate(60) != 0:
                 w.kill()
-    for worker in controllers.values():
-        assert worker.terminate() == 0, worker.output()[-2000:]
+    for worker, status in terminate_all(controllers.values()):
+        assert status == 0, worker.output()[-2000:]
 
 
 def test_a_dc_drained_for_maintenance_hands_every_shard_over_and_gets_one_back(
@@ -287,8 +287,8 @@ def test_a_dc_drained_for_maintenance_hands_every_shard_over_and_gets_one_back(
     said = move("--shard", str(owned[0]), "--to", drained)
     back = ownership(stack, drained)[owned[0]]
     assert back[0] == drained and back[2] and back[1] > after[owned[0]][1], said
-    for worker in controllers.values():
-        assert worker.terminate() == 0, worker.output()[-2000:]
+    for worker, status in terminate_all(controllers.values()):
+        assert status == 0, worker.output()[-2000:]
 
 
 def test_a_manual_failover_is_refused_while_a_majority_hears_the_dc(
@@ -313,5 +313,5 @@ def test_a_manual_failover_is_refused_while_a_majority_hears_the_dc(
         {s: v[:2] for s, v in ownership(stack, dc).items()} == {s: v[:2] for s, v in b.items()}
         for dc, b in before.items()
     )
-    for worker in controllers.values():
-        assert worker.terminate() == 0, worker.output()[-2000:]
+    for worker, status in terminate_all(controllers.values()):
+        assert status == 0, worker.output()[-2000:]

@@ -14,7 +14,7 @@ from pipeline.db import fetch_all
 from pipeline.stack import up
 from pipeline.stack.processes import StackState, stop
 from tests.conftest import RunningStack
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, terminate_all
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -150,6 +150,5 @@ def test_replicas_equal_owners_after_kills_and_a_database_restart(  # noqa: C901
     print(
         f"{compared} clusters equal row by row, {in_flight} jobs in flight with their checkpoints"
     )
-    for w in workers:
-        if not w.killed:
-            assert w.terminate() == 0, w.output()[-2000:]
+    for w, status in terminate_all(w for w in workers if not w.killed):
+        assert status == 0, w.output()[-2000:]

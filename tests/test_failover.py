@@ -33,7 +33,7 @@ from tests.ownership_helpers import (
     wait_until,
     writable_everywhere,
 )
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, terminate_all
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -207,8 +207,8 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
         ]
 
         # Load stops; replication settles; every survivor replica equals the new owner.
-        for dc in survivors:
-            assert simulators[dc].terminate(120) == 0, simulators[dc].output()[-2000:]
+        for sim, status in terminate_all((simulators[dc] for dc in survivors), 120):
+            assert status == 0, sim.output()[-2000:]
 
         def converged() -> list[str]:
             diffs = []
@@ -299,7 +299,6 @@ def test_a_dc_killed_under_load_fails_over_restarts_its_jobs_and_replicas_conver
     }
     assert orphans == beyond
     print(f"{len(orphans)} orphans listed")
-    for procs in workers.values():
-        for w in procs:
-            if w.proc.poll() is None:
-                assert w.terminate() == 0, w.output()[-2000:]
+    running = [w for procs in workers.values() for w in procs if w.proc.poll() is None]
+    for w, status in terminate_all(running):
+        assert status == 0, w.output()[-2000:]

@@ -27,7 +27,7 @@ from tests.ownership_helpers import (
     wait_until,
     writable_everywhere,
 )
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, terminate_all
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -102,5 +102,5 @@ def test_two_dcs_fail_over_only_by_the_operators_decision(
     )
     time.sleep(2 * TIMEOUT_S / 2)
     assert all(ok for _, _, ok in ownership(stack, survivor).values())
-    for worker in controllers.values():
-        assert worker.terminate() == 0, worker.output()[-2000:]
+    for worker, status in terminate_all(controllers.values()):
+        assert status == 0, worker.output()[-2000:]

@@ -29,7 +29,7 @@ from tests.ownership_helpers import (
     wait_until,
     writable_everywhere,
 )
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, terminate_all
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -93,8 +93,8 @@ def test_a_dc_losing_one_component_loses_its_shards_and_is_demoted_when_it_is_ba
     )
     wait_until(lambda: hears_all(controllers), 90, "all hear all again")
     print(f"{component} of {victim} killed: {len(moved)} shards taken over in {took:.1f} s")
-    for worker in controllers.values():
-        assert worker.terminate() == 0, worker.output()[-2000:]
+    for worker, status in terminate_all(controllers.values()):
+        assert status == 0, worker.output()[-2000:]
 
 
 def test_one_link_cut_one_way_is_suspected_by_one_dc_and_moves_nothing(
@@ -122,8 +122,8 @@ def test_one_link_cut_one_way_is_suspected_by_one_dc_and_moves_nothing(
     finally:
         heal(stack.topology, source)
     wait_until(lambda: hears_all(controllers), 90, "all hear all again")
-    for worker in controllers.values():
-        assert worker.terminate() == 0, worker.output()[-2000:]
+    for worker, status in terminate_all(controllers.values()):
+        assert status == 0, worker.output()[-2000:]
 
 
 def test_a_standby_controller_takes_over_and_nothing_moves(
@@ -154,5 +154,5 @@ def test_a_standby_controller_takes_over_and_nothing_moves(
         print(f"standby active {took:.1f} s after the kill, leases running at {renewed:.1f} s")
     finally:
         controllers[dc] = standby
-    for worker in controllers.values():
-        assert worker.terminate() == 0, worker.output()[-2000:]
+    for worker, status in terminate_all(controllers.values()):
+        assert status == 0, worker.output()[-2000:]

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +82,26 @@ class WorkerProcess:
         self.proc.kill()
         self.proc.wait(10)
 
-    def terminate(self, timeout_s: float = 60) -> int:
+    def ask_to_stop(self) -> None:
+        """SIGTERM, unless it has exited already."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+
+    def terminate(self, timeout_s: float = 60) -> int:
+        self.ask_to_stop()
         return self.proc.wait(timeout_s)
 
     def output(self) -> str:
         return self.log.read_text()
+
+
+def terminate_all(
+    workers: Iterable[WorkerProcess], timeout_s: float = 60
+) -> list[tuple[WorkerProcess, int]]:
+    """SIGTERM every worker at once, then wait for each (``timeout_s`` s at most): each takes
+    up to a second to stop (a last heartbeat, leaving its consumer group), which need not be
+    waited out one worker after the other. Each worker with its exit status."""
+    started = list(workers)
+    for worker in started:
+        worker.ask_to_stop()
+    return [(worker, worker.proc.wait(timeout_s)) for worker in started]
