@@ -143,8 +143,8 @@ def test_a_dc_cut_off_fences_itself_loses_its_shards_and_catches_up_after_the_he
 
         wait_until(caught_up, 90, f"{victim} applies what the new owners wrote")
     finally:
-        for w in others:
-            if w.proc.poll() is None and w.terminate(60) != 0:
+        for w, status in terminate_all(others, 60):
+            if status != 0:
                 w.kill()
     print(
         f"{victim} suspected {took:.1f} s after the cut (failure timeout {TIMEOUT_S:g} s);"
@@ -247,8 +247,8 @@ def test_a_planned_move_under_load_loses_nothing_and_every_replica_follows_the_c
     finally:
         # SIGTERM: an applier killed would hold its group's partitions for a session timeout
         # from the next test's applier.
-        for w in others:
-            if w.proc.poll() is None and w.terminate(60) != 0:
+        for w, status in terminate_all(others, 60):
+            if status != 0:
                 w.kill()
     for worker, status in terminate_all(controllers.values()):
         assert status == 0, worker.output()[-2000:]
