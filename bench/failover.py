@@ -16,8 +16,9 @@ move`` while a probe writes to it every 20 ms; let the load run undisturbed for 
 kill the DC owning the most shards; probe each moved shard at its claimant until a write is
 accepted there; start the DC again, restart its workers, wait until its controller has
 demoted it; count its orphans. The kill comes last because it leaves the killed applier in
-its group until a session timeout (45 s): the next run's wait for a ready stack waits it
-out, the last run does not. Ownership moves from run to run: each run picks its victim anew.
+its group until a session timeout (the applier's, 10 s): the next run's wait for a ready
+stack waits it out, the last run does not. Ownership moves from run to run: each run picks
+its victim anew.
 """
 
 from __future__ import annotations
@@ -553,7 +554,7 @@ def bench_failover(
     """``runs`` failovers and planned moves under load (``rate`` events/s per DC from the
     stand-in servers); every worker is stopped with SIGTERM at the end, the stack left
     running with every DC up. Each run takes about T + 50 s, and each after the first an
-    applier group's session timeout (45 s) after the previous kill on top; ``progress`` is
+    applier group's session timeout (10 s) after the previous kill on top; ``progress`` is
     told each run's figures."""
     workers = StackWorkers(
         topology, run_dir.resolve(), log_dir or run_dir / "logs", "bench", failure_timeout_s

@@ -131,6 +131,11 @@ class ApplierConfig:
     claim_retry_s: float = 0.2
     #: Defaults to ``coopr-applier-<dc>``: one group per DC.
     group: str | None = None
+    #: How long the group waits for a member that stopped heartbeating before it hands that
+    #: member's partitions to a standby (Kafka's default is 45 s). librdkafka heartbeats from
+    #: a thread of its own, so a long batch never trips it; a crashed applier stops
+    #: replication for this long, so it is kept short (the broker's floor is 6 s).
+    session_timeout_s: float = 10.0
     timeouts: ConnectionTimeouts = field(default_factory=ConnectionTimeouts)
 
     @property
@@ -172,7 +177,13 @@ class Applier(Closeable):
         self.last_error: str | None = None
         self.assigned: list[str] = []
         self._conn: psycopg2.extensions.connection | None = None
-        self._consumer = Consumer(config.kafka.consumer(config.group_id))
+        session_ms = int(config.session_timeout_s * 1000)
+        self._consumer = Consumer(
+            config.kafka.consumer(
+                config.group_id,
+                **{"session.timeout.ms": session_ms, "heartbeat.interval.ms": session_ms // 4},
+            )
+        )
         self._letters = DeadLetterShipper(config.kafka, config.dc)
         # Partitions assigned while their stored offsets could not be read: paused until then.
         self._awaiting: dict[tuple[str, int], TopicPartition] = {}
