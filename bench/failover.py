@@ -11,14 +11,11 @@ flight are what the new owner restarts. The figures come from the bench's own wr
 so a refusal is exactly what a writer meets.
 
 A run: wait until every shard is writable at its owner, every applier holds its partitions
-and every controller is past its start (T); move one shard with ``coopr-pipeline ownership
-move`` while a probe writes to it every 20 ms; let the load run undisturbed for ``WINDOW_S``;
-kill the DC owning the most shards; probe each moved shard at its claimant until a write is
-accepted there; start the DC again, restart its workers, wait until its controller has
-demoted it; count its orphans. The kill comes last because it leaves the killed applier in
-its group until a session timeout (the applier's, 10 s): the next run's wait for a ready
-stack waits it out, the last run does not. Ownership moves from run to run: each run picks
-its victim anew.
+and every controller is past its start (T); kill the DC owning the most shards; probe each
+moved shard at its claimant until a write is accepted there; start the DC again, restart its
+workers, wait until its controller has demoted it; count its orphans; then move one shard
+with ``coopr-pipeline ownership move`` while a probe writes to it every 20 ms. Ownership
+moves from run to run: each run picks its victim anew.
 """
 
 from __future__ import annotations
@@ -285,17 +282,10 @@ def _writable_everywhere(topology: Topology, dcs: Sequence[str]) -> bool:
     return agreed and all(views[o][s] == (o, e, True) for s, (o, e, _) in first.items())
 
 
-def wait_ready(
-    workers: StackWorkers,
-    *,
-    load_s: float = WINDOW_S,
-    calm_since: float = 0.0,
-    timeout_s: float = 180,
-) -> None:
+def wait_ready(workers: StackWorkers, *, load_s: float = WINDOW_S, timeout_s: float = 180) -> None:
     """Wait (at most ``timeout_s`` s) until every shard is writable at its owner and every DC
     agrees on owners, every applier holds its partitions, every controller is past its start
-    (T, when it counts every DC as heard), and the load has run for ``load_s`` s since it
-    started or since ``calm_since`` (monotonic s, the end of a disturbance), the later."""
+    (T, when it counts every DC as heard), and the load has run for ``load_s`` s."""
     dcs = [dc.name for dc in workers.topology.data_dcs]
     deadline = time.monotonic() + timeout_s
 
@@ -305,7 +295,7 @@ def wait_ready(
         now = time.monotonic()
         return (
             all(now - t > workers.failure_timeout_s for t in workers.controller_started.values())
-            and now - max(workers.load_started, calm_since) > load_s
+            and now - workers.load_started > load_s
             and _writable_everywhere(workers.topology, dcs)
             and _appliers_assigned(workers, dcs)
         )
@@ -553,9 +543,8 @@ def bench_failover(
 ) -> tuple[list[FailoverRun], list[MoveRun]]:
     """``runs`` failovers and planned moves under load (``rate`` events/s per DC from the
     stand-in servers); every worker is stopped with SIGTERM at the end, the stack left
-    running with every DC up. Each run takes about T + 50 s, and each after the first an
-    applier group's session timeout (10 s) after the previous kill on top; ``progress`` is
-    told each run's figures."""
+    running with every DC up. Each run takes about T + 40 s plus an applier group's session
+    timeout (10 s) after the killed DC's restart; ``progress`` is told each run's figures."""
     workers = StackWorkers(
         topology, run_dir.resolve(), log_dir or run_dir / "logs", "bench", failure_timeout_s
     )
@@ -565,12 +554,10 @@ def bench_failover(
         for i, dc in enumerate(topology.dcs):
             workers.start_dc_workers(dc.name, rate=rate, seed=i)
         for run in range(runs):
+            wait_ready(workers)
+            failovers.append(drill(workers, rate=rate, seed=100 * (run + 1)))
             wait_ready(workers, load_s=0)
             moves.append(_move_under_probe(topology))
-            # The victim's figures come from the load before the kill: not from writes the
-            # move refused.
-            wait_ready(workers, calm_since=time.monotonic())
-            failovers.append(drill(workers, rate=rate, seed=100 * (run + 1)))
             if progress is not None:
                 f, m = failovers[-1], moves[-1]
                 progress(
