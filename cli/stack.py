@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from cli.options import run_dir_option
+from cli.options import format_option, run_dir_option
 from cli.render import table, to_json
 from pipeline.stack.layout import MAX_DCS
 from pipeline.stack.processes import DC_COMPONENTS, StackState
@@ -127,9 +127,7 @@ def stack_up(dcs: int | None, topology_file: Path | None, secure: bool, run_dir:
 
 
 @stack.command("status")
-@click.option(
-    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
-)
+@format_option
 @run_dir_option
 def stack_status(fmt: str, run_dir: Path) -> None:
     """Each process with pid, ports and health; exits 1 unless every process is healthy."""

@@ -60,6 +60,8 @@ ADMIN_USER = "coopr-admin"
 #: Certificates of a local stack last a year: long enough for any run, short enough that
 #: a forgotten run dir does not hold a live key for ever.
 _VALID_DAYS = 365
+#: The workers that log in to Kafka as a user of their own (the stand-in server does not).
+_WORKER_ROLES: tuple[Role, ...] = ("relay", "applier", "controller")
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -140,19 +142,14 @@ class StackSecurity:
     def worker_environ(self, kind: str, dc: str) -> dict[str, str] | None:
         """The environment of ``dc``'s worker ``kind`` (``relay``, ``applier``,
         ``controller``); None for one without a Kafka user (the stand-in server)."""
-        roles: dict[str, Role] = {
-            "relay": "relay",
-            "applier": "applier",
-            "controller": "controller",
-        }
-        return self.environ(principal_name(roles[kind], dc)) if kind in roles else None
+        for role in _WORKER_ROLES:
+            if role == kind:
+                return self.environ(principal_name(role, dc))
+        return None
 
     def users(self, topology: Topology) -> list[str]:
         """Every SCRAM user of any DC's cluster (each has one password everywhere)."""
-        found = {BROKER_USER, ADMIN_USER}
-        for dc in topology.dcs:
-            found.update(p.user for p in cluster_principals(topology, dc.name))
-        return sorted(found)
+        return sorted({u for dc in topology.dcs for u in self.cluster_users(topology, dc.name)})
 
     def cluster_users(self, topology: Topology, dc: str) -> list[str]:
         """The SCRAM users of ``dc``'s cluster."""
