@@ -10,15 +10,23 @@ server ends its session after ``lock_silence_s`` without one (``idle_session_tim
 Each round (the guarantee: nothing is lost, a row may be published twice, a shard's rows
 reach Kafka in seq order):
 
-1. serve delivery reports and mark published, per shard, the rows up to the first one Kafka
-   has not acknowledged (one statement). A crash between an acknowledgement and its mark
-   re-publishes the row: consumers absorb duplicates by ``(epoch, seq)``;
+1. serve delivery reports and hand the rows Kafka acknowledged, per shard up to the first one
+   it has not, to the **bookkeeper** (below), which marks them published. A crash between an
+   acknowledgement and its mark re-publishes the row: consumers absorb duplicates by
+   ``(epoch, seq)``;
 2. read the unpublished rows of every shard that has none in flight and is not blocked, in
-   id order (seq order within a shard): at most ``batch_size`` per shard and ``batch_bytes``
-   in all (at least one row). Only shards this DC owns under a running lease, and only rows
-   of the shard's current epoch (below);
+   id order (seq order within a shard), past the last row of the shard this relay saw
+   acknowledged (so a row acknowledged but not marked yet is not sent again): at most
+   ``batch_size`` per shard and ``batch_bytes`` in all (at least one row). Only shards this
+   DC owns under a running lease, and only rows of the shard's current epoch (below);
 3. produce them with an idempotent producer (``acks=all``, records never time out, gapless);
 4. wait for their delivery reports, at most ``ack_timeout_s``.
+
+The bookkeeper is a thread with a database connection of its own. It marks acknowledged rows
+published (one statement for all it holds), refreshes the backlog figures every second and
+prunes, so that none of that database work holds up publishing: the next rows are read and
+sent while the last ones are being marked. A mark that fails is kept and tried again; when
+the relay stops, it waits up to ``stop_grace_s`` for the marks it holds.
 
 A shard whose records are not acknowledged by then is **stuck** (a partition without a
 leader, a topic that is gone): it gets no new rows until its reports arrive, health names it,
@@ -50,7 +58,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -125,8 +133,10 @@ _COLLATERAL = frozenset(
         KafkaError._GAPLESS_GUARANTEE,
     }
 )
-#: Per shard, unpublished rows in id order, cut at the row and byte limits (the first row of
-#: a round is always taken, whatever its size). A blocked shard due for a retry sends one row.
+#: Per shard, unpublished rows in id order past the shard's ``after`` id (the last one this
+#: relay saw acknowledged, whose mark may still be on its way), cut at the row and byte limits
+#: (the first row of a round is always taken, whatever its size). A blocked shard due for a
+#: retry sends one row.
 #: The cut is computed on ids and sizes only, so that no payload is sorted; the caller puts
 #: the rows in id order. Only shards this DC (``dc``) owns under a running lease, only rows of
 #: the epoch it owns them at; `writable` is not looked at, so a handover flushes its shard.
@@ -136,10 +146,14 @@ _COLLATERAL = frozenset(
 _FETCH = """
 WITH candidates AS (
     SELECT c.id, c.size
-    FROM shard_ownership s CROSS JOIN LATERAL (
+    FROM shard_ownership s
+    LEFT JOIN unnest(%(after_shards)s::integer[], %(after_ids)s::bigint[]) AS a (shard, id)
+        ON a.shard = s.shard
+    CROSS JOIN LATERAL (
         SELECT id, octet_length(payload) AS size
         FROM outbox
         WHERE outbox.shard = s.shard AND outbox.epoch = s.epoch AND published_at IS NULL
+            AND outbox.id > COALESCE(a.id, 0)
         ORDER BY id
         LIMIT CASE WHEN s.shard = ANY(%(probe)s) THEN 1 ELSE %(rows)s END
     ) c
@@ -286,6 +300,137 @@ class _Block:
     failures: int
 
 
+class _Bookkeeper:
+    """The relay's database work that publishing need not wait for, on a thread and a
+    connection of its own: marking acknowledged rows published, the backlog figures (every
+    second while ``active()``), pruning.
+
+    Marks are kept until their statement commits: any failure (the database unreachable, or
+    anything else: a thread that stopped would never mark again) keeps them for the next
+    try, after a backoff that doubles up to ``max_backoff_s``, and shows in health."""
+
+    def __init__(self, config: RelayConfig, active: Callable[[], bool]):
+        self.config = config
+        self.active = active
+        self.last_error: str | None = None
+        self.backlog = 0
+        #: Shards held back because their lease ended, and shards with disowned rows.
+        self.unleased: list[int] = []
+        self.disowned: list[int] = []
+        self._marks: list[tuple[list[int], list[float]]] = []
+        self._wake = threading.Condition()
+        #: Set by close(): the monotonic time until which held marks are still tried.
+        self._closing_until: float | None = None
+        self._conn: psycopg2.extensions.connection | None = None
+        self._next_prune = 0.0
+        self._next_backlog = 0.0
+        self._labels = {"dc": config.dc}
+        self._log = log.bind(dc=config.dc)
+        self._thread = threading.Thread(target=self._run, name="relay-bookkeeper", daemon=True)
+        self._thread.start()
+
+    def mark(self, ids: list[int], created: list[float]) -> None:
+        """Have ``ids`` (rows Kafka acknowledged, created at ``created``, s since the epoch)
+        marked published."""
+        with self._wake:
+            self._marks.append((ids, created))
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Mark what is held, for at most ``stop_grace_s``, then close the connection; marks
+        left are published again by the next relay."""
+        with self._wake:
+            self._closing_until = time.monotonic() + self.config.stop_grace_s
+            self._wake.notify()
+        self._thread.join(self.config.stop_grace_s + 1.0)
+        with self._wake:
+            left = sum(len(ids) for ids, _ in self._marks)
+        if left:
+            self._log.warning("relay stopping without marking the last rows", rows=left)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            with self._wake:
+                if not self._marks and self._closing_until is None:
+                    self._wake.wait(0.2)
+                marks, self._marks = self._marks, []
+                closing = self._closing_until is not None
+            try:
+                self._mark(marks)
+                marks = []
+                if not closing:
+                    self._housekeeping()
+                self.last_error = None
+                backoff = 0.1
+            except Exception as e:  # a thread that died would never mark again
+                self.last_error = first_line(e)
+                self._log.warning("relay bookkeeping retrying", error=self.last_error)
+                with self._wake:
+                    self._marks[:0] = marks
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if closing and time.monotonic() + backoff > (self._closing_until or 0.0):
+                    break
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.config.max_backoff_s)
+                continue
+            if closing:
+                with self._wake:
+                    if not self._marks:
+                        break
+        if self._conn is not None:
+            self._conn.close()
+
+    def _cursor(self) -> psycopg2.extensions.cursor:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.config.database, timeouts=self.config.timeouts)
+            self._conn.autocommit = True
+        return self._conn.cursor()
+
+    def _mark(self, marks: list[tuple[list[int], list[float]]]) -> None:
+        ids = [i for batch, _ in marks for i in batch]
+        if not ids:
+            return
+        with self._cursor() as cur:
+            # By primary key only: a published_at condition would let the planner walk the
+            # partial index of unpublished rows, testing each against the whole id list.
+            cur.execute(
+                "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(%s)", (ids,)
+            )
+        PUBLISHED.labels(**self._labels).inc(len(ids))
+        now = time.time()
+        latency = LATENCY.labels(**self._labels)
+        for _, created in marks:
+            for seconds in created:
+                latency.observe(now - seconds)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if not self.active():
+            return
+        if now >= self._next_backlog:
+            with self._cursor() as cur:
+                cur.execute(_BACKLOG, {"dc": self.config.dc})
+                backlog, self.unleased, self.disowned = cur.fetchone() or (0, [], [])
+                self.backlog = int(backlog)
+            BACKLOG.labels(**self._labels).set(self.backlog)
+            UNLEASED.labels(**self._labels).set(len(self.unleased))
+            DISOWNED.labels(**self._labels).set(len(self.disowned))
+            self._next_backlog = now + 1.0
+        if now >= self._next_prune:
+            with self._cursor() as cur:
+                cur.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at"
+                    " < now() - make_interval(secs => %s) ORDER BY id LIMIT 50000)",
+                    (self.config.retention_s,),
+                )
+                if cur.rowcount:
+                    self._log.info("pruned published rows", rows=cur.rowcount)
+            self._next_prune = now + self.config.prune_interval_s
+
+
 class Relay(Closeable):
     """The relay worker; :meth:`run` returns when ``stop`` is set (after the batch in flight).
 
@@ -297,26 +442,26 @@ class Relay(Closeable):
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.active = False
         self.last_error: str | None = None
-        self.backlog = 0
-        #: Shards held back because their lease ended, and shards with disowned rows (both
-        #: refreshed with the backlog, every second).
-        self.unleased: list[int] = []
-        self.disowned: list[int] = []
         self._conn: psycopg2.extensions.connection | None = None
         self._producer = Producer(config.producer_settings())
         # Set on a fatal producer error: that producer can send nothing more.
         self._producer_broken = False
         self._flights: dict[int, _Flight] = {}
         self._blocked: dict[int, _Block] = {}
-        self._next_prune = 0.0
-        self._next_backlog = 0.0
+        #: Per shard, the last row id Kafka acknowledged while this relay was active: the
+        #: rows up to it need no sending again, marked or not yet.
+        self._after: dict[int, int] = {}
+        self._topics: dict[int, str] = {}
+        self._books = _Bookkeeper(config, lambda: self.active)
         self._labels = {"dc": config.dc}
         self._log = log.bind(dc=config.dc, instance=self.instance)
 
     def close(self) -> None:
-        """Give the lock up and drop what the producer still holds (sent again by the next
-        relay: nothing unacknowledged is marked)."""
+        """Give the lock up, mark what was acknowledged (for at most ``stop_grace_s``) and
+        drop what the producer still holds (sent again by the next relay: nothing
+        unacknowledged is marked)."""
         self._drop_connection()
+        self._books.close()
         self._producer.purge()
         self._producer.flush(0)
 
@@ -326,6 +471,8 @@ class Relay(Closeable):
         relay does what ownership says, the controller's health tells why. Called from another
         thread: it reads snapshots only."""
         now = time.monotonic()
+        books = self._books
+        last_error = self.last_error or books.last_error
         blocked = {str(s): b.reason for s, b in sorted(dict(self._blocked).items())}
         stuck = {
             str(f.shard): f"{len(f.ids) - f.reported} records unacknowledged for"
@@ -337,14 +484,14 @@ class Relay(Closeable):
             "dc": self.config.dc,
             "instance": self.instance,
             "role": "active" if self.active else "standby",
-            "backlog": self.backlog,
-            "last_error": self.last_error,
+            "backlog": books.backlog,
+            "last_error": last_error,
             "blocked_shards": blocked,
             "stuck_shards": stuck,
-            "unleased_shards": list(self.unleased),
-            "disowned_shards": list(self.disowned),
+            "unleased_shards": list(books.unleased),
+            "disowned_shards": list(books.disowned),
         }
-        return self.last_error is None and not blocked and not stuck, details
+        return last_error is None and not blocked and not stuck, details
 
     def run(self) -> None:
         backoff = 0.1
@@ -355,7 +502,6 @@ class Relay(Closeable):
                     self.stop.wait(self.config.standby_poll_s)
                     continue
                 sent = self._round()
-                self._housekeeping()
                 self.last_error = None
                 backoff = 0.1
                 if sent == 0:
@@ -370,8 +516,9 @@ class Relay(Closeable):
         self._log.info("relay stopped")
 
     def _finish(self) -> None:
-        """On stop: wait up to ``stop_grace_s`` for the records in flight, marking them as
-        they are acknowledged; what is left unmarked the next relay sends again."""
+        """On stop: wait up to ``stop_grace_s`` for the records in flight, handing them to
+        the bookkeeper as they are acknowledged; what is left unmarked the next relay sends
+        again."""
         until = time.monotonic() + self.config.stop_grace_s
         try:
             while self._flights and time.monotonic() < until and self._conn is not None:
@@ -433,6 +580,8 @@ class Relay(Closeable):
                     "skip": sorted(skip),
                     "rows": self.config.batch_size,
                     "bytes": self.config.batch_bytes,
+                    "after_shards": list(self._after),
+                    "after_ids": list(self._after.values()),
                 },
             )
             rows = sorted(cur.fetchall(), key=lambda row: row[0])  # id: seq order in a shard
@@ -454,6 +603,9 @@ class Relay(Closeable):
             flight = flights.get(shard)
             if flight is None:
                 flight = flights[shard] = self._flights[shard] = _Flight(shard)
+            topic = self._topics.get(shard)
+            if topic is None:
+                topic = self._topics[shard] = shard_topic(shard)
             headers = [
                 ("event-type", event_type.encode()),
                 ("epoch", str(epoch).encode()),
@@ -463,7 +615,7 @@ class Relay(Closeable):
             try:
                 produce_with_backpressure(
                     self._producer,
-                    shard_topic(shard),
+                    topic,
                     value=bytes(payload),
                     key=key.encode(),
                     partition=0,
@@ -513,8 +665,10 @@ class Relay(Closeable):
         latencies: list[float] = []
         for shard, flight in list(self._flights.items()):
             acked = flight.acknowledged()
-            marks += flight.ids[flight.marked : acked]
-            latencies += flight.created[flight.marked : acked]
+            if acked > flight.marked:
+                marks += flight.ids[flight.marked : acked]
+                latencies += flight.created[flight.marked : acked]
+                self._after[shard] = flight.ids[acked - 1]
             flight.marked = acked
             if not flight.complete:
                 continue
@@ -528,7 +682,8 @@ class Relay(Closeable):
             elif acked == len(flight.ids) and not flight.cut and shard in self._blocked:
                 del self._blocked[shard]
                 self._log.info("shard unblocked", shard=shard)
-        self._mark(marks, latencies)
+        if marks:
+            self._books.mark(marks, latencies)
         now = time.monotonic()
         STUCK.labels(**self._labels).set(
             sum(1 for f in self._flights.values() if now - f.sent_at > self.config.ack_timeout_s)
@@ -566,22 +721,6 @@ class Relay(Closeable):
         )
         self._log.warning("shard blocked", shard=shard, reason=reason, retry_in_s=delay)
 
-    def _mark(self, ids: list[int], created: list[float]) -> None:
-        if not ids:
-            return
-        assert self._conn is not None
-        with self._conn.cursor() as cur:
-            # By primary key only: a published_at condition would let the planner walk the
-            # partial index of unpublished rows, testing each against the whole id list.
-            cur.execute(
-                "UPDATE outbox SET published_at = clock_timestamp() WHERE id = ANY(%s)", (ids,)
-            )
-        PUBLISHED.labels(**self._labels).inc(len(ids))
-        now = time.time()
-        latency = LATENCY.labels(**self._labels)
-        for seconds in created:
-            latency.observe(now - seconds)
-
     def _wait_for_rows(self) -> None:
         """Sleep until a NOTIFY arrives, the poll interval passes, or stop is set; delivery
         reports of stuck shards are served meanwhile."""
@@ -598,26 +737,3 @@ class Relay(Closeable):
             select.select([self._conn], [], [], min(left, 0.2))
             if self._flights:
                 self._poll(0)
-
-    def _housekeeping(self) -> None:
-        assert self._conn is not None
-        now = time.monotonic()
-        if now >= self._next_backlog:
-            with self._conn.cursor() as cur:
-                cur.execute(_BACKLOG, {"dc": self.config.dc})
-                backlog, self.unleased, self.disowned = cur.fetchone() or (0, [], [])
-                self.backlog = int(backlog)
-            BACKLOG.labels(**self._labels).set(self.backlog)
-            UNLEASED.labels(**self._labels).set(len(self.unleased))
-            DISOWNED.labels(**self._labels).set(len(self.disowned))
-            self._next_backlog = now + 1.0
-        if now >= self._next_prune:
-            with self._conn.cursor() as cur:
-                cur.execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at"
-                    " < now() - make_interval(secs => %s) ORDER BY id LIMIT 50000)",
-                    (self.config.retention_s,),
-                )
-                if cur.rowcount:
-                    self._log.info("pruned published rows", rows=cur.rowcount)
-            self._next_prune = now + self.config.prune_interval_s

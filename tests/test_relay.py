@@ -481,7 +481,15 @@ def test_a_round_takes_at_most_its_byte_limit_but_always_one_row(
     others = [s for s in range(stack.topology.shard_count) if s != shard]
 
     def fetch(limit: int) -> list[tuple[Any, ...]]:
-        args = {"dc": DC, "probe": [], "skip": others, "rows": 5000, "bytes": limit}
+        args = {
+            "dc": DC,
+            "probe": [],
+            "skip": others,
+            "rows": 5000,
+            "bytes": limit,
+            "after_shards": [],
+            "after_ids": [],
+        }
         return fetch_all(dsn, _FETCH, args)
 
     try:
