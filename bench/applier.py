@@ -23,7 +23,7 @@ from bench.load import event_for, publish_at_rate
 from bench.workers import start_worker
 from consumer.applier import Applier, ApplierConfig
 from consumer.sequencing import Position
-from consumer.store import Incoming, csv_buffer, rows_of
+from consumer.store import Incoming, copy_buffer, rows_of
 from pipeline.admin import TopicSpec, ensure_topics
 from pipeline.backpressure import produce_with_backpressure
 from pipeline.codec import decode_record, encode
@@ -133,14 +133,14 @@ def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
             )
         )
     clusters, _ = rows_of(incoming)
-    buf = csv_buffer(clusters)
+    buf = copy_buffer(clusters)
     conn = connect(site.database)
     try:
         start = time.monotonic()
         with conn, conn.cursor() as cur:
             cur.copy_expert(
                 "COPY replica_clusters (cluster_id, shard, source_dc, epoch, seq, status, deleted,"
-                " latest_job_id, body, nodes, occurred_at) FROM STDIN WITH (FORMAT csv)",
+                " latest_job_id, body, nodes, occurred_at) FROM STDIN",
                 buf,
             )
         copy_s = time.monotonic() - start

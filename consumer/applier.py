@@ -16,6 +16,13 @@ refused record dead-lettered exactly once):
    Postgres is the source of truth: on assignment the applier seeks to the offsets stored
    there; while they cannot be read (the database is down), the partitions stay paused.
 
+Batches are pipelined: while one is applied (step 3, in a thread and on a database
+connection of its own), the next is read and decoded (steps 1 and 2); it is applied only once
+the previous one has committed and step 4 has run for it, so batches commit in read order and
+the database and the decoding work at the same time. At most two batches are held. When the
+previous batch failed, the next is dropped and read again; when it left partitions waiting
+for a claim (below), the next one's records of those partitions are dropped and read again.
+
 If the database fails at 3 with a transient error (connection lost, serialization failure,
 deadlock), nothing is stored: the applier seeks back to the batch's first offsets and
 retries with backoff (the consumer keeps polling, so it stays in its group); a seek that
@@ -38,7 +45,8 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -165,6 +173,25 @@ class _Batch:
     first_offsets: dict[tuple[str, int], int]
     next_offsets: dict[tuple[str, int], int]
 
+    def without(self, partitions: Collection[tuple[str, int]]) -> _Batch | None:
+        """This batch without the records of ``partitions``; None when nothing is left."""
+        left = _Batch(
+            [ev for ev in self.events if (ev.topic, ev.partition) not in partitions],
+            [r for r in self.refused if (r.topic, r.partition) not in partitions],
+            {k: o for k, o in self.first_offsets.items() if k not in partitions},
+            {k: o for k, o in self.next_offsets.items() if k not in partitions},
+        )
+        return left if left.next_offsets else None
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A batch being applied; the future gives its result and the time it committed."""
+
+    batch: _Batch
+    future: Future[tuple[Applied, datetime]]
+    started: float = field(default_factory=time.monotonic)
+
 
 class Applier(Closeable):
     """The applier worker; :meth:`run` returns when ``stop`` is set (after the batch in
@@ -176,7 +203,11 @@ class Applier(Closeable):
         self.stop = stop
         self.last_error: str | None = None
         self.assigned: list[str] = []
+        # Offsets at assignment and dead letters on one connection, batches on another: the
+        # applying thread's transaction must never see a statement of the main thread.
         self._conn: psycopg2.extensions.connection | None = None
+        self._apply_conn: psycopg2.extensions.connection | None = None
+        self._applying = ThreadPoolExecutor(max_workers=1, thread_name_prefix="applier-apply")
         session_ms = int(config.session_timeout_s * 1000)
         self._consumer = Consumer(
             config.kafka.consumer(
@@ -193,12 +224,11 @@ class Applier(Closeable):
         self._log = log.bind(dc=config.dc)
 
     def close(self) -> None:
-        """Leave the group, flush the dead letters in flight, close the connection."""
+        """Leave the group, flush the dead letters in flight, close the connections."""
+        self._applying.shutdown()
         self._consumer.close()
         self._letters.close()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._close_connections()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Healthy unless the last batch failed or partitions wait for their offsets. A
@@ -231,37 +261,65 @@ class Applier(Closeable):
             on_lost=self._on_revoke,
         )
         backoff = 0.1
+        flight: _Flight | None = None
         while not self.stop.is_set():
             self._resume_awaiting()
             self._retry_waiting()
             messages = self._read()
-            if not messages:
+            batch = self._decode(messages) if messages else None
+            if flight is not None:
+                backoff, batch = self._land(flight, batch, backoff)
+                flight = None
+            if batch is not None:
+                flight = _Flight(batch, self._applying.submit(self._apply_timed, batch))
+            else:
                 self._ship_letters()
-                continue
-            batch = self._decode(messages)
-            started = time.monotonic()
-            try:
-                result = self._apply(batch)
-            except (psycopg2.Error, PipelineError) as e:
-                self._fail(batch, e, backoff)
-                backoff = min(backoff * 2, self.config.max_backoff_s)
-                continue
-            BATCH_SECONDS.labels(**self._labels).observe(time.monotonic() - started)
-            backoff = 0.1
-            self.last_error = None
-            self._committed(batch, result)
-            self._ship_letters()
+        if flight is not None:
+            self._land(flight, None, backoff)
         self._log.info("applier stopped")
+
+    def _land(
+        self, flight: _Flight, following: _Batch | None, backoff: float
+    ) -> tuple[float, _Batch | None]:
+        """Wait for the batch in flight and finish it (step 4), or read it again after
+        ``backoff`` s when it failed; returns the next backoff and what is left of the
+        ``following`` batch (read meanwhile) to apply."""
+        try:
+            result, committed_at = flight.future.result()
+        except (psycopg2.Error, PipelineError) as e:
+            self._fail(flight.batch, e, backoff, following)
+            return min(backoff * 2, self.config.max_backoff_s), None
+        BATCH_SECONDS.labels(**self._labels).observe(time.monotonic() - flight.started)
+        self.last_error = None
+        self._committed(flight.batch, result, committed_at)
+        if result.refused:
+            self._ship_letters()
+        if following is not None and result.waiting:
+            # Those partitions were rewound to their waiting event: read again from there.
+            following = following.without(result.waiting.keys())
+        return 0.1, following
+
+    def _close_connections(self) -> None:
+        for conn in (self._conn, self._apply_conn):
+            if conn is not None:
+                conn.close()
+        self._conn = self._apply_conn = None
 
     def _db(self) -> psycopg2.extensions.connection:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.config.database, timeouts=self.config.timeouts)
         return self._conn
 
+    def _apply_timed(self, batch: _Batch) -> tuple[Applied, datetime]:
+        """:meth:`_apply`, and the time it committed (for the replication delay)."""
+        return self._apply(batch), datetime.now(UTC)
+
     def _apply(self, batch: _Batch) -> Applied:
-        """Apply the batch; when the database refuses some events' data, dead-letter those
-        and apply the rest."""
-        conn = self._db()
+        """Apply the batch (in the applying thread); when the database refuses some events'
+        data, dead-letter those and apply the rest."""
+        if self._apply_conn is None or self._apply_conn.closed:
+            self._apply_conn = connect(self.config.database, timeouts=self.config.timeouts)
+        conn = self._apply_conn
         try:
             return apply_batch(conn, batch.events, batch.next_offsets, batch.refused)
         except psycopg2.Error as e:
@@ -414,8 +472,15 @@ class Applier(Closeable):
                 )
         return batch
 
-    def _fail(self, batch: _Batch, error: Exception, backoff: float) -> None:
-        """Nothing of the batch was stored: read it again after ``backoff`` seconds."""
+    def _fail(
+        self,
+        batch: _Batch,
+        error: Exception,
+        backoff: float,
+        following: _Batch | None = None,
+    ) -> None:
+        """Nothing of the batch was stored: read it again, and the ``following`` batch read
+        meanwhile with it, after ``backoff`` seconds."""
         self.last_error = first_line(error)
         self._log.warning(
             "batch not applied, retrying",
@@ -423,10 +488,10 @@ class Applier(Closeable):
             backoff_s=backoff,
             records=len(batch.events) + len(batch.refused),
         )
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self._rewind(batch.first_offsets)
+        self._close_connections()
+        offsets = dict(following.first_offsets) if following is not None else {}
+        offsets.update(batch.first_offsets)
+        self._rewind(offsets)
         self.stop.wait(backoff)
 
     def _rewind(self, offsets: Mapping[tuple[str, int], int]) -> None:
@@ -481,8 +546,10 @@ class Applier(Closeable):
             self._rewind({key: ev.offset for key, ev in held.items()})
         WAITING.labels(**self._labels).set(len(self._waiting))
 
-    def _committed(self, batch: _Batch, result: Applied) -> None:
-        now = datetime.now(UTC)
+    def _committed(
+        self, batch: _Batch, result: Applied, committed_at: datetime | None = None
+    ) -> None:
+        now = committed_at or datetime.now(UTC)
         APPLIED.labels(**self._labels).inc(len(result.applied))
         DUPLICATES.labels(**self._labels).inc(result.duplicates)
         FENCED.labels(**self._labels).inc(len(result.fenced))

@@ -1,18 +1,22 @@
 """The applier's own logic with a consumer stand-in (a real broker does not fail a seek on
 demand): after a failed batch it rewinds to the batch's first offsets, and a rewind that fails
 must stop it, never let it go on past records it did not apply; a batch is bounded in records
-and in bytes; a partition waiting for a claim is paused, rewound and read again later."""
+and in bytes; a partition waiting for a claim is paused, rewound and read again later; the
+batch read while another was applied is read again when that one failed, and loses the
+records of the partitions that one left waiting."""
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 from datetime import UTC, datetime
 
+import psycopg2
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from consumer.applier import Applier, ApplierConfig, _Batch
+from consumer.applier import Applier, ApplierConfig, _Batch, _Flight
 from consumer.sequencing import Position
 from consumer.store import Applied, Incoming
 from pipeline.errors import PipelineError
@@ -170,5 +174,54 @@ def test_a_partition_waiting_for_a_claim_is_paused_rewound_and_read_again_later(
         applier._committed(_Batch([waiting], [], {(TOPIC, 0): 7}, {(TOPIC, 0): 8}), again)
         assert applier.health()[1]["waiting_for_claims"] == {}
         assert consumer.paused == [(TOPIC, 0)], "paused once"
+    finally:
+        applier._letters.close(0)
+
+
+OTHER = "dc3.coopr.shard.02"
+
+
+def flight_of(batch: _Batch, outcome: Applied | Exception) -> _Flight:
+    future: Future[tuple[Applied, datetime]] = Future()
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result((outcome, datetime.now(UTC)))
+    return _Flight(batch, future)
+
+
+def test_the_batch_read_meanwhile_is_read_again_when_the_one_applied_failed() -> None:
+    owned = [TopicPartition(TOPIC, 0), TopicPartition(OTHER, 0)]
+    consumer = ConsumerStandIn(owned, seeks_work=True)
+    applier = applier_with(consumer)
+    following = _Batch([], [], {(TOPIC, 0): 12, (OTHER, 0): 3}, {(TOPIC, 0): 20, (OTHER, 0): 5})
+    try:
+        gone = psycopg2.OperationalError("server closed the connection")
+        backoff, left = applier._land(flight_of(batch(), gone), following, 0.1)
+        assert left is None, "nothing of the following batch is applied"
+        assert sorted(consumer.seeks) == [(TOPIC, 0, 7), (OTHER, 0, 3)]
+        assert backoff == 0.2, "the next try waits longer"
+    finally:
+        applier._letters.close(0)
+
+
+def test_the_batch_read_meanwhile_drops_the_partitions_left_waiting_for_a_claim() -> None:
+    owned = [TopicPartition(TOPIC, 0), TopicPartition(OTHER, 0)]
+    consumer = ConsumerStandIn(owned, seeks_work=True)
+    applier = applier_with(consumer)
+    record = {"occurred_at": datetime.now(UTC)}
+    waiting = Incoming(TOPIC, 0, 9, Position(1, "dc1", 65, 1), "RestartCheckpoint", record, b"")
+    later = Incoming(TOPIC, 0, 12, Position(1, "dc1", 65, 2), "RestartCheckpoint", record, b"")
+    other = Incoming(OTHER, 0, 3, Position(2, "dc3", 1, 4), "RestartCheckpoint", record, b"")
+    applied = _Batch([waiting], [], {(TOPIC, 0): 7}, {(TOPIC, 0): 12})
+    result = Applied([], 0, [], [], 0, {(TOPIC, 0): waiting}, {(TOPIC, 0): 9})
+    following = _Batch(
+        [later, other], [], {(TOPIC, 0): 12, (OTHER, 0): 3}, {(TOPIC, 0): 13, (OTHER, 0): 4}
+    )
+    try:
+        _, left = applier._land(flight_of(applied, result), following, 0.0)
+        assert consumer.seeks == [(TOPIC, 0, 9)], "rewound to the waiting event"
+        assert left is not None and left.events == [other]
+        assert left.next_offsets == {(OTHER, 0): 4}, "nothing of the waiting partition is stored"
     finally:
         applier._letters.close(0)

@@ -5,8 +5,10 @@ applies, holds back or fences once claims are recorded."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from consumer.sequencing import Position
 from consumer.store import Incoming, apply_batch, rows_of
 from pipeline.codec import decode_record, encode
 from pipeline.db import connect, fetch_all
-from pipeline.events import ClusterStatus, OperationCompleted, RestartCheckpoint
+from pipeline.events import ClusterStatus, OperationCompleted, RestartCheckpoint, json_ready
 from pipeline.topics import mirrored, shard_topic
 from tests.claim_helpers import Claims
 from tests.conftest import RunningStack
@@ -73,7 +75,20 @@ def test_a_late_checkpoint_does_not_revive_a_job_completed_in_the_same_batch() -
     _, checkpoints = rows_of(events)
     assert len(checkpoints) == 1
     job_id, *_, seq, completed_flag, payload, _ = checkpoints[0]
-    assert (job_id, seq, completed_flag, payload) == (done.job.id, 9, "t", "")
+    assert (job_id, seq, completed_flag, payload) == (done.job.id, 9, "t", None)
+
+
+@pytest.mark.parametrize("microsecond", [0, 1000, 999000])
+def test_the_replica_body_is_the_owners_json_form_of_the_cluster(microsecond: int) -> None:
+    # The owner stores json_ready's form (simulator.json_forms); the replica renders its body
+    # with orjson's own datetimes, without that copy: both must be the same text, times too.
+    ev = completed("00000045", 3, ClusterStatus.ACTIVE)
+    created = ev.cluster.create_time.replace(microsecond=microsecond)
+    for expire in (None, created + timedelta(days=30)):
+        cluster = dataclasses.replace(ev.cluster, create_time=created, expire_time=expire)
+        (row,), _ = rows_of([incoming(dataclasses.replace(ev, cluster=cluster), 0)])
+        owner = json.dumps(json_ready(cluster.to_record()), separators=(",", ":"))
+        assert row[8] == owner
 
 
 def test_a_newer_epoch_wins_over_a_higher_seq_of_an_older_epoch() -> None:
@@ -203,4 +218,47 @@ def test_the_old_owners_tail_applies_up_to_the_cut_after_the_new_owners_events(
         )
         assert rows == [(old, 1, s) for s in range(1, 6)] + [(new, 65, 1), (new, 65, 2)]
     finally:
+        conn.close()
+
+
+@pytest.mark.stack
+def test_text_that_copy_would_read_as_escapes_is_stored_as_the_owner_wrote_it(
+    stack: RunningStack, replica: Callable[[int], Claims]
+) -> None:
+    # Rows reach the staging tables through COPY's text format, where a backslash, a tab or
+    # a line break in a value would otherwise change what is stored.
+    shard, source = 88, f"s{uuid.uuid4().hex[:6]}"
+    replica(shard)
+    dsn = stack.dc(REPLICA).database
+    tricky = 'tab\there, lines\nand\r\nback\\slash \\N \\x00 "quoted"'
+    base = event_for(f"{source}-tricky", shard, owner_dc=source, epoch=1, seq=1)
+    done = dataclasses.replace(
+        base,
+        cluster=dataclasses.replace(base.cluster, description=tricky, status=ClusterStatus.ACTIVE),
+    )
+    checkpoint = dataclasses.replace(
+        checkpoint_of(done, 2), shard=shard, owner_dc=source, job=done.job
+    )
+    topic = mirrored(source, shard_topic(shard))
+    events = []
+    both: list[OperationCompleted | RestartCheckpoint] = [done, checkpoint]
+    for offset, event in enumerate(both):
+        payload = encode(event)
+        name, record = decode_record(payload)
+        position = Position(shard, source, 1, event.seq)
+        events.append(Incoming(topic, 0, offset, position, name, record, payload))
+    conn = connect(dsn)
+    try:
+        result = apply_batch(conn, events, {})
+        assert len(result.applied) == 2
+        rows = fetch_all(
+            dsn,
+            "SELECT c.body->>'description', k.completed, k.payload FROM replica_clusters c"
+            " JOIN replica_checkpoints k USING (cluster_id) WHERE c.cluster_id = %s",
+            (done.cluster.id,),
+        )
+        assert [(d, c, bytes(p)) for d, c, p in rows] == [(tricky, False, events[1].payload)]
+    finally:
+        fetch_all(dsn, "DELETE FROM replica_clusters WHERE source_dc = %s", (source,))
+        fetch_all(dsn, "DELETE FROM replica_checkpoints WHERE source_dc = %s", (source,))
         conn.close()
