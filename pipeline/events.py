@@ -113,9 +113,14 @@ class OwnershipChangeReason(enum.Enum):
     MANUAL = "MANUAL"
 
 
-# Calling an Enum class to look a member up costs about a microsecond; a job carries one
-# task status per task, so decoding looks them up in a plain dict instead.
-_TASK_STATUS_BY_VALUE: Mapping[str, TaskStatus] = {m.value: m for m in TaskStatus}
+# Calling an Enum class to look a member up costs about a microsecond, as much as building a
+# small dataclass; decoding looks members up in plain dicts instead (a job carries one task
+# status per task).
+_CLUSTER_STATUS: Mapping[str, ClusterStatus] = {m.value: m for m in ClusterStatus}
+_CLUSTER_ACTION: Mapping[str, ClusterAction] = {m.value: m for m in ClusterAction}
+_JOB_STATUS: Mapping[str, JobStatus] = {m.value: m for m in JobStatus}
+_TASK_STATUS: Mapping[str, TaskStatus] = {m.value: m for m in TaskStatus}
+_PROVISIONER_ACTION: Mapping[str, ProvisionerAction] = {m.value: m for m in ProvisionerAction}
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +177,7 @@ class Cluster:
             node_ids=tuple(r["node_ids"]),
             services=tuple(r["services"]),
             latest_job_id=r["latest_job_id"],
-            status=ClusterStatus(r["status"]),
+            status=_CLUSTER_STATUS[r["status"]],
             config=r["config"],
         )
 
@@ -209,11 +214,11 @@ class Job:
         return cls(
             id=r["id"],
             cluster_id=r["cluster_id"],
-            action=ClusterAction(r["action"]),
-            staged_task_ids=tuple(tuple(stage) for stage in r["staged_task_ids"]),
+            action=_CLUSTER_ACTION[r["action"]],
+            staged_task_ids=tuple(map(tuple, r["staged_task_ids"])),
             current_stage=r["current_stage"],
-            task_statuses={k: _TASK_STATUS_BY_VALUE[v] for k, v in r["task_statuses"].items()},
-            status=JobStatus(r["status"]),
+            task_statuses={k: _TASK_STATUS[v] for k, v in r["task_statuses"].items()},
+            status=_JOB_STATUS[r["status"]],
             status_message=r["status_message"],
         )
 
@@ -253,9 +258,9 @@ class Task:
             cluster_id=r["cluster_id"],
             node_id=r["node_id"],
             service=r["service"],
-            action=ProvisionerAction(r["action"]),
+            action=_PROVISIONER_ACTION[r["action"]],
             attempts=r["attempts"],
-            status=_TASK_STATUS_BY_VALUE[r["status"]],
+            status=_TASK_STATUS[r["status"]],
         )
 
 
@@ -347,7 +352,7 @@ class OperationCompleted:
             occurred_at=r["occurred_at"],
             cluster=Cluster.from_record(r["cluster"]),
             job=Job.from_record(r["job"]),
-            nodes=tuple(Node.from_record(n) for n in r["nodes"]),
+            nodes=tuple(map(Node.from_record, r["nodes"])),
             cluster_deleted=r["cluster_deleted"],
             server_id=r["server_id"],
         )
@@ -394,8 +399,8 @@ class RestartCheckpoint:
             seq=r["seq"],
             occurred_at=r["occurred_at"],
             job=Job.from_record(r["job"]),
-            tasks=tuple(Task.from_record(t) for t in r["tasks"]),
-            nodes=tuple(Node.from_record(n) for n in r["nodes"]),
+            tasks=tuple(map(Task.from_record, r["tasks"])),
+            nodes=tuple(map(Node.from_record, r["nodes"])),
         )
 
 
