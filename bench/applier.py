@@ -1,9 +1,11 @@
 """Applier benchmarks: apply throughput against a bare COPY, and end-to-end replication delay.
 
-Throughput: ``count`` distinct OperationCompleted events (pre-encoded) are written to a
-mirrored topic of a made-up source DC in the replica's cluster; an applier in this process
-applies them. In the same run the same rows, already rendered as CSV, are COPY'd into the
-same table: the limit of any writer. Both sides' rows are deleted afterwards.
+Throughput, in alternating runs (:func:`bench.paired.alternate`): for each applier run,
+``count`` distinct OperationCompleted events (pre-encoded) are written to a mirrored topic of
+a made-up source DC in the replica's cluster before the clock starts; an applier in this
+process applies them. For each COPY run the same rows, already rendered as CSV, are COPY'd
+into the same table: the limit of any writer. Each run's rows (and topic) are deleted after
+it, untimed, so every run starts from the same tables.
 
 Delay: writers publish at ``rate`` events/s in the owner DC while a relay (owner) and an
 applier (replica) run as worker processes, with MirrorMaker 2 in between. Each event's delay
@@ -15,11 +17,14 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from bench.load import event_for, publish_at_rate
+from bench.paired import Spread, alternate
 from bench.workers import start_worker
 from consumer.applier import Applier, ApplierConfig
 from consumer.sequencing import Position
@@ -29,12 +34,13 @@ from pipeline.backpressure import produce_with_backpressure
 from pipeline.codec import decode_record, encode
 from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
+from pipeline.kafka_config import KafkaSettings
 from pipeline.shutdown import run_in_thread
 from pipeline.stack.processes import stop
 from pipeline.stack.security import StackSecurity, client_settings
 from pipeline.stats import percentile
 from pipeline.topics import mirrored, shard_topic
-from pipeline.topology import Topology
+from pipeline.topology import DataCenter, Topology
 
 __all__ = [
     "ApplyThroughput",
@@ -44,15 +50,26 @@ __all__ = [
 ]
 
 _BENCH_SHARD = 96
+#: The longest one applier run may take (s).
+_RUN_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
 class ApplyThroughput:
-    """Events per second applied, and rows per second of a bare COPY of the same rows."""
+    """Events per second applied, and rows per second of a bare COPY of the same rows, over
+    alternating runs."""
 
     events: int
-    applier_per_s: float
-    copy_per_s: float
+    applier: Spread
+    copy: Spread
+
+    @property
+    def applier_per_s(self) -> float:
+        return self.applier.median
+
+    @property
+    def copy_per_s(self) -> float:
+        return self.copy.median
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +91,26 @@ def _events(source_dc: str, count: int) -> list[bytes]:
     ]
 
 
-def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) -> ApplyThroughput:
-    """Apply throughput of DC ``dc``'s applier, and a bare COPY of the same rows."""
-    site = topology.dc(dc)
+def _forget(dsn: str, source_dc: str) -> None:
+    """Delete a run's replica rows and the bench shard's sequencing state."""
+    conn = connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM replica_clusters WHERE source_dc = %s", (source_dc,))
+            cur.execute("DELETE FROM replica_checkpoints WHERE source_dc = %s", (source_dc,))
+            cur.execute("DELETE FROM replication_state WHERE shard = %s", (_BENCH_SHARD,))
+    finally:
+        conn.close()
+
+
+def _applier_run(site: DataCenter, kafka: KafkaSettings, count: int) -> float:
+    """Write ``count`` events to a new mirrored topic (untimed), then apply them with an
+    applier in this process: events/s from its start to the last offset stored."""
     source_dc = f"bench{uuid.uuid4().hex[:6]}"
     topic = mirrored(source_dc, shard_topic(_BENCH_SHARD))
-    kafka = client_settings(StackSecurity.of_topology(topology), site, "coopr-bench-applier")
     ensure_topics(kafka, [TopicSpec(topic)])
-    payloads = _events(source_dc, count)
     producer = Producer(kafka.producer())
-    for value in payloads:
+    for value in _events(source_dc, count):
         produce_with_backpressure(producer, topic, value=value, partition=0)
     if producer.flush(120) != 0:
         raise PipelineError("the benchmark's events were not all acknowledged")
@@ -91,11 +118,15 @@ def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
 
     stop = threading.Event()
     config = ApplierConfig(
-        dc=dc, database=site.database, kafka=kafka, topics=(topic,), group=f"bench-{source_dc}"
+        dc=site.name,
+        database=site.database,
+        kafka=kafka,
+        topics=(topic,),
+        group=f"bench-{source_dc}",
     )
     start = time.monotonic()
     worker = run_in_thread(Applier(config, stop))
-    deadline = start + 600
+    deadline = start + _RUN_TIMEOUT_S
     # One connection for the whole wait: a new one per check would take CPU from the applier.
     watch = connect(site.database)
     watch.autocommit = True
@@ -106,18 +137,27 @@ def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
                 row = cur.fetchone()
                 if row is not None and row[0] == count:
                     break
-                time.sleep(0.1)
+                time.sleep(0.02)
             else:
-                raise PipelineError("the applier did not finish within 600 s")
+                raise PipelineError(f"the applier did not finish within {_RUN_TIMEOUT_S:g} s")
         applier_s = time.monotonic() - start
     finally:
         watch.close()
         stop.set()
         worker.join(60)
+    _forget(site.database, source_dc)
+    fetch_all(site.database, "DELETE FROM applied_offsets WHERE topic = %s", (topic,))
+    AdminClient(kafka.admin()).delete_topics([topic])
+    return count / applier_s
 
-    # The limit: the same rows, rendered before the clock starts, COPY'd into the same table.
+
+def _copy_run(site: DataCenter, count: int) -> float:
+    """The same rows as an applier run, rendered as CSV (untimed), COPY'd into the same
+    table: rows/s of the COPY and its commit."""
+    source_dc = f"bench{uuid.uuid4().hex[:6]}"
+    topic = mirrored(source_dc, shard_topic(_BENCH_SHARD))
     incoming = []
-    for offset, value in enumerate(payloads):
+    for offset, value in enumerate(_events(source_dc, count)):
         name, record = decode_record(value)
         cluster = record["cluster"]
         cluster["id"] = "c" + cluster["id"]
@@ -144,13 +184,33 @@ def bench_apply_throughput(topology: Topology, dc: str, *, count: int = 50_000) 
                 buf,
             )
         copy_s = time.monotonic() - start
-        with conn, conn.cursor() as cur:
-            cur.execute("DELETE FROM replica_clusters WHERE source_dc = %s", (source_dc,))
-            cur.execute("DELETE FROM replica_checkpoints WHERE source_dc = %s", (source_dc,))
-            cur.execute("DELETE FROM replication_state WHERE shard = %s", (_BENCH_SHARD,))
     finally:
         conn.close()
-    return ApplyThroughput(count, count / applier_s, count / copy_s)
+    _forget(site.database, source_dc)
+    return count / copy_s
+
+
+def bench_apply_throughput(
+    topology: Topology,
+    dc: str,
+    *,
+    count: int = 50_000,
+    runs: int = 3,
+    progress: Callable[[str], None] = lambda _: None,
+) -> ApplyThroughput:
+    """DC ``dc``'s applier and a bare COPY of the same rows, each warmed up, then in turn
+    ``runs`` times over ``count`` events."""
+    site = topology.dc(dc)
+    kafka = client_settings(StackSecurity.of_topology(topology), site, "coopr-bench-applier")
+    spreads = alternate(
+        {
+            "applier": lambda: _applier_run(site, kafka, count),
+            "bare COPY": lambda: _copy_run(site, count),
+        },
+        runs=runs,
+        progress=progress,
+    )
+    return ApplyThroughput(count, spreads["applier"], spreads["bare COPY"])
 
 
 def bench_replication_delay(
