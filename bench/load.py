@@ -22,7 +22,7 @@ from bench.codec import sample_operation_completed
 from pipeline.codec import encode
 from pipeline.db import connect
 from pipeline.events import OperationCompleted
-from producer.outbox import publish
+from producer.outbox import OUTBOX_CHANNEL, publish
 
 __all__ = ["event_for", "load_outbox", "outbox_payload", "publish_at_rate"]
 
@@ -118,8 +118,8 @@ def load_outbox(
 ) -> None:
     """COPY ``count`` distinct events (a cluster each, ``outbox_payload``) into DC ``dc``'s
     outbox, round-robin over ``shards``, each with the next seq of its shard, as
-    :func:`producer.outbox.publish` would write them; one transaction. ``progress`` hears the
-    rows loaded so far after each COPY."""
+    :func:`producer.outbox.publish` would write them (and notifying the relay); one
+    transaction. ``progress`` hears the rows loaded so far after each COPY."""
     run = uuid.uuid4().hex[:4]
     per_shard = Counter(shards[i % len(shards)] for i in range(count))
     loaded = 0
@@ -150,5 +150,7 @@ def load_outbox(
                     )
                     loaded += min(_COPY_ROWS, last + 1 - first)
                     progress(loaded)
+            # As publish does: a running relay wakes at the commit, not at its next poll.
+            cur.execute(f"NOTIFY {OUTBOX_CHANNEL}")
     finally:
         conn.close()

@@ -3,11 +3,15 @@ ProducerPerformance, and latency beside Kafka's EndToEndLatency.
 
 Throughput, in alternating runs (:func:`bench.paired.alternate`): for each relay run,
 ``count`` pre-encoded events are loaded into the DC's outbox (COPY, with the shards' seqs
-advanced as :func:`producer.outbox.publish` would) before the clock starts, then a relay runs
-until the backlog is zero; MirrorMaker 2 then copies them before the next run starts. A bare
-librdkafka producer with the relay's settings sends the same number of records of the same
-size to a topic of the same kind (one partition): the limit the relay can approach. On a
-plain stack, Kafka's ``ProducerPerformance`` with the same guarantees takes its turn too.
+advanced as :func:`producer.outbox.publish` would) and committed before the clock starts; the
+clock stops when a relay that stays up for all runs has published them all. MirrorMaker 2
+then copies them before the next run starts. A bare librdkafka producer with the relay's
+settings, also up for all runs, sends the same number of records of the same size
+round-robin over as many partitions as the DC has shards (each shard topic has one), to a
+topic of its own: the limit the relay can approach. Then, on a plain stack, Kafka's
+``ProducerPerformance`` with the same guarantees sends as many records as all those runs of
+one side together, in one JVM: a JVM per run would pay its start and its
+JIT warm-up each time, which is neither fair to it nor quick.
 
 Latency: writers publish events at ``rate`` per second, one transaction each, while a relay
 worker (a separate process, as in production) publishes them; the figure is each row's
@@ -50,14 +54,16 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class RelayThroughput:
-    """Events per second through the relay, through bare librdkafka on the same bytes, and
-    through Kafka's ProducerPerformance (None on a secured stack), over alternating runs."""
+    """Events per second through the relay and through bare librdkafka on the same bytes
+    over alternating runs of ``events`` each, and through Kafka's ProducerPerformance in one
+    run of ``producer_perf_records`` (None on a secured stack)."""
 
     events: int
     event_bytes: int
     relay: Spread
     raw: Spread
-    producer_perf: Spread | None
+    producer_perf: float | None
+    producer_perf_records: int
 
     @property
     def relay_per_s(self) -> float:
@@ -79,31 +85,24 @@ class RelayLatency:
     max_ms: float
 
 
-_RAW_TOPIC = "bench.relay.raw"
 _END_TO_END_TOPIC = "bench.relay.e2e"
 #: The longest a run may take to drain its outbox or mirror its events (s).
 _RUN_TIMEOUT_S = 300.0
 
 
-def _relay_until_empty(config: RelayConfig, timeout_s: float = _RUN_TIMEOUT_S) -> float:
-    """Run a relay in this process until the outbox is empty; returns the seconds it took."""
-    stop = threading.Event()
-    start = time.monotonic()
-    worker = run_in_thread(Relay(config, stop))
-    try:
-        wait_outbox_empty(config.database, timeout_s)
-        return time.monotonic() - start
-    finally:
-        stop.set()
-        worker.join(60)
+def _raw_topic(partitions: int) -> TopicSpec:
+    """The baselines' topic: as many partitions as the relay's shard topics together."""
+    return TopicSpec(f"bench.relay.raw.p{partitions}", partitions=partitions)
 
 
-def _raw_run(settings: dict[str, object], payload: bytes, count: int) -> float:
-    """Bare librdkafka producing ``count`` copies of ``payload``: events/s to the last ack."""
-    raw = Producer(settings)
+def _raw_run(raw: Producer, topic: TopicSpec, payload: bytes, count: int) -> float:
+    """Bare librdkafka producing ``count`` copies of ``payload`` round-robin over ``topic``'s
+    partitions, as the relay spreads its rows over the shards: events/s to the last ack."""
     start = time.monotonic()
-    for _ in range(count):
-        produce_with_backpressure(raw, _RAW_TOPIC, value=payload, key=b"00000042", partition=0)
+    for i in range(count):
+        produce_with_backpressure(
+            raw, topic.name, value=payload, key=b"00000042", partition=i % topic.partitions
+        )
         raw.poll(0)
     if raw.flush(120) != 0:
         raise PipelineError("bare librdkafka did not get every acknowledgement within 120 s")
@@ -118,42 +117,59 @@ def bench_relay_throughput(
     runs: int = 3,
     progress: Callable[[str], None] = lambda _: None,
 ) -> RelayThroughput:
-    """Relay, bare librdkafka and ProducerPerformance, each warmed up, then in turn ``runs``
-    times over ``count`` events."""
+    """Relay and bare librdkafka, each warmed up, then in turn ``runs`` times over ``count``
+    events; then ProducerPerformance over ``count * (runs + 1)`` records.
+
+    Both sides stay up between their runs, as a relay does in production: one relay (a
+    thread here) and one producer for all runs, so neither pays its start-up (connections,
+    the idempotent producer's id: half a second on a loaded machine) but in its warm-up.
+    """
     site = topology.dc(dc)
     shards = list(topology.owned_shards(dc))
     security = StackSecurity.of_topology(topology)
     # On a secured stack as its administrator: the baseline's topic is not the relay's.
     kafka = client_settings(security, site, "coopr-bench-relay")
     config = RelayConfig(dc=dc, database=site.database, kafka=kafka)
-    _relay_until_empty(config)  # rows left by others must not count
-    wait_mirrored(topology, dc, shards, timeout_s=_RUN_TIMEOUT_S)
     # The baselines write to a topic of their own: shard topics carry only real events with
     # real seqs, or replicas would see them.
-    ensure_topics(kafka, [TopicSpec(_RAW_TOPIC)])
+    raw_topic = _raw_topic(len(shards))
+    ensure_topics(kafka, [raw_topic])
     payload = outbox_payload(shards[0], dc)
-
-    def relay_run() -> float:
-        load_outbox(site.database, dc, shards, count)
-        rate = count / _relay_until_empty(config)
+    stop_relay = threading.Event()
+    relay = run_in_thread(Relay(config, stop_relay))
+    try:
+        wait_outbox_empty(site.database, _RUN_TIMEOUT_S)  # rows left by others must not count
         wait_mirrored(topology, dc, shards, timeout_s=_RUN_TIMEOUT_S)
-        return rate
+        raw = Producer(config.producer_settings())
 
-    sides = {
-        "relay": relay_run,
-        "raw librdkafka": lambda: _raw_run(config.producer_settings(), payload, count),
-    }
-    if security is None:  # the Java tools are given the plain listener only
-        sides["ProducerPerformance"] = lambda: producer_performance(
-            site, _RAW_TOPIC, records=count, record_bytes=len(payload)
+        def relay_run() -> float:
+            load_outbox(site.database, dc, shards, count)
+            start = time.monotonic()  # load_outbox returns once its rows are committed
+            wait_outbox_empty(site.database, _RUN_TIMEOUT_S)
+            rate = count / (time.monotonic() - start)
+            wait_mirrored(topology, dc, shards, timeout_s=_RUN_TIMEOUT_S)
+            return rate
+
+        spreads = alternate(
+            {
+                "relay": relay_run,
+                "raw librdkafka": lambda: _raw_run(raw, raw_topic, payload, count),
+            },
+            runs=runs,
+            progress=progress,
         )
-    spreads = alternate(sides, runs=runs, progress=progress)
+    finally:
+        stop_relay.set()
+        relay.join(60)
+    records = count * (runs + 1)
+    perf = None
+    if security is None:  # the Java tools are given the plain listener only
+        progress(f"ProducerPerformance: {records} records")
+        perf = producer_performance(
+            site, raw_topic.name, records=records, record_bytes=len(payload)
+        )
     return RelayThroughput(
-        count,
-        len(payload),
-        spreads["relay"],
-        spreads["raw librdkafka"],
-        spreads.get("ProducerPerformance"),
+        count, len(payload), spreads["relay"], spreads["raw librdkafka"], perf, records
     )
 
 

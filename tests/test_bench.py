@@ -123,10 +123,9 @@ _TINY = {
     "codec": {"seconds": 0.1},
     "mirror": {"count": 20, "rate": 50.0},
     "relay": {"count": 300, "rate": 100.0, "seconds": 1.0, "end_to_end_records": 20},
-    "applier": {"count": 300, "rate": 100.0, "seconds": 1.0},
+    # The applier is timed from its first batch (5,000 events) on.
+    "applier": {"count": 6000, "rate": 100.0, "seconds": 1.0},
     "topics": {"count": 200},
-    # The replay benchmark needs more events than one applier batch (5,000).
-    "replay": {"count": 5500},
     "catchup": {"events": 500},
 }
 
@@ -153,8 +152,9 @@ def test_bench_all_quick_writes_every_section(
     assert results["machine"]["cpu_count"] >= 1
     assert results["versions"]["kafka"] and results["versions"]["postgres"]
     benchmarks = results["benchmarks"]
-    # The stack was up already: a second one does not fit in --quick.
+    # The stack was up already: a second one does not fit in --quick; nor does replay.
     assert "skipped" in benchmarks.pop("stack")
+    assert "skipped" in benchmarks.pop("replay")
     assert set(benchmarks) == set(_TINY)
     for name, section in benchmarks.items():
         assert set(SECTION_KEYS) <= set(section), name
@@ -163,6 +163,6 @@ def test_bench_all_quick_writes_every_section(
         assert section["baseline"][key] is not None, name
         assert math.isfinite(section["ratio"]) and section["ratio"] > 0, name
     relay = benchmarks["relay"]
-    assert relay["kafka_producer_perf"]["events_per_s"]["median"] > 0
+    assert relay["kafka_producer_perf"]["events_per_s"] > 0
     assert relay["kafka_end_to_end"]["p99_ms"] >= relay["kafka_end_to_end"]["p50_ms"]
     assert benchmarks["catchup"]["figures"]["backlog"] >= 500
