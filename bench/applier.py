@@ -153,15 +153,14 @@ def _applier_run(site: DataCenter, kafka: KafkaSettings, count: int) -> float:
             wait_until(
                 lambda: stored() >= count, _RUN_TIMEOUT_S, "the applier's last batch", **_POLL
             )
-        rate = (count - first) / (time.monotonic() - start)
+        return (count - first) / (time.monotonic() - start)
     finally:
         watch.close()
         stop.set()
         worker.join(60)
-    _forget(site.database, source_dc)
-    fetch_all(site.database, "DELETE FROM applied_offsets WHERE topic = %s", (topic,))
-    AdminClient(kafka.admin()).delete_topics([topic])
-    return rate
+        _forget(site.database, source_dc)
+        fetch_all(site.database, "DELETE FROM applied_offsets WHERE topic = %s", (topic,))
+        AdminClient(kafka.admin()).delete_topics([topic])
 
 
 def _copy_run(site: DataCenter, count: int) -> float:
