@@ -619,7 +619,7 @@ _QUICK: dict[str, dict[str, Any]] = {
     "codec": {"seconds": 1.0},
     "mirror": {"count": 200},
     "relay": {"count": 3000, "rate": 500.0, "seconds": 3.0, "end_to_end_records": 200},
-    "applier": {"count": 10_000, "rate": 500.0, "seconds": 3.0},
+    "applier": {"count": 3000, "rate": 500.0, "seconds": 3.0},
     "topics": {"count": 5000},
     "catchup": {"events": 10_000},
 }
