@@ -59,8 +59,10 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# One results file in .bench/, its path the last line. QUICK=1: smaller counts, under 5 minutes
+# with a stack to start.
 bench: setup
-	$(CLI) bench all
+	$(CLI) bench all $(if $(QUICK),--quick)
 
 stack-down:
 	$(CLI) stack down

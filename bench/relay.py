@@ -1,53 +1,77 @@
-"""Relay benchmarks: throughput (outbox to acknowledged) against raw librdkafka, and latency.
+"""Relay benchmarks: throughput (outbox to acknowledged) against raw librdkafka and Kafka's
+ProducerPerformance, and latency beside Kafka's EndToEndLatency.
 
-Throughput: ``count`` pre-encoded events are loaded into the DC's outbox (COPY, with the
-shards' seqs advanced as :func:`producer.outbox.publish` would), then a relay runs until the
-backlog is zero. In the same run, a bare librdkafka producer with the relay's settings sends
-the same bytes to the same topics: the limit the relay can approach.
+Throughput, in alternating runs (:func:`bench.paired.alternate`): for each relay run,
+``count`` pre-encoded events are loaded into the DC's outbox (COPY, with the shards' seqs
+advanced as :func:`producer.outbox.publish` would) and committed before the clock starts; the
+clock stops when a relay that stays up for all runs has published them all. MirrorMaker 2
+then copies them before the next run starts. A bare librdkafka producer with the relay's
+settings, also up for all runs, sends the same number of records of the same size
+round-robin over as many partitions as the DC has shards (each shard topic has one), to a
+topic of its own: the limit the relay can approach. Then, on a plain stack, Kafka's
+``ProducerPerformance`` with the same guarantees sends as many records as all those runs of
+one side together, in one JVM: a JVM per run would pay its start and its
+JIT warm-up each time, which is neither fair to it nor quick.
 
 Latency: writers publish events at ``rate`` per second, one transaction each, while a relay
 worker (a separate process, as in production) publishes them; the figure is each row's
 ``published_at`` (right after Kafka's acknowledgement) minus the time its commit returned.
+Beside it, Kafka's ``EndToEndLatency`` (produce, acknowledge and consume, one at a time).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import threading
 import time
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import Producer
 
-from bench.codec import sample_operation_completed
-from bench.load import publish_at_rate
-from bench.workers import start_worker
-from pipeline.admin import TopicSpec, ensure_topics, high_watermark
+from bench.kafka_tools import EndToEnd, end_to_end_latency, producer_performance
+from bench.load import load_outbox, outbox_payload, publish_at_rate
+from bench.paired import Spread, alternate
+from bench.workers import start_worker, wait_mirrored, wait_outbox_empty
+from pipeline.admin import TopicSpec, ensure_topics
 from pipeline.backpressure import produce_with_backpressure
-from pipeline.codec import encode
 from pipeline.db import connect
 from pipeline.errors import PipelineError
 from pipeline.shutdown import run_in_thread
 from pipeline.stack.processes import stop
 from pipeline.stack.security import StackSecurity, client_settings
 from pipeline.stats import percentile
-from pipeline.topics import mirrored, shard_topic
 from pipeline.topology import Topology
 from producer.relay import Relay, RelayConfig
 
-__all__ = ["RelayLatency", "RelayThroughput", "bench_relay_latency", "bench_relay_throughput"]
+__all__ = [
+    "RelayLatency",
+    "RelayThroughput",
+    "bench_kafka_end_to_end",
+    "bench_relay_latency",
+    "bench_relay_throughput",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class RelayThroughput:
-    """Events per second through the relay and through bare librdkafka, same bytes."""
+    """Events per second through the relay and through bare librdkafka on the same bytes
+    over alternating runs of ``events`` each, and through Kafka's ProducerPerformance in one
+    run of ``producer_perf_records`` (None on a secured stack)."""
 
     events: int
     event_bytes: int
-    relay_per_s: float
-    raw_per_s: float
+    relay: Spread
+    raw: Spread
+    producer_perf: float | None
+    producer_perf_records: int
+
+    @property
+    def relay_per_s(self) -> float:
+        return self.relay.median
+
+    @property
+    def raw_per_s(self) -> float:
+        return self.raw.median
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,119 +85,105 @@ class RelayLatency:
     max_ms: float
 
 
-_RAW_TOPIC = "bench.relay.raw"
+_END_TO_END_TOPIC = "bench.relay.e2e"
+#: The longest a run may take to drain its outbox or mirror its events (s).
+_RUN_TIMEOUT_S = 300.0
 
 
-def _payload(shard: int, owner_dc: str = "", epoch: int = 0, seq: int = 0) -> bytes:
-    event = sample_operation_completed(node_count=2)
-    return encode(dataclasses.replace(event, shard=shard, owner_dc=owner_dc, epoch=epoch, seq=seq))
+def _raw_topic(partitions: int) -> TopicSpec:
+    """The baselines' topic: as many partitions as the relay's shard topics together."""
+    return TopicSpec(f"bench.relay.raw.p{partitions}", partitions=partitions)
 
 
-def _wait_empty(dsn: str, timeout_s: float) -> None:
-    conn = connect(dsn)
-    conn.autocommit = True
-    deadline = time.monotonic() + timeout_s
-    try:
-        with conn.cursor() as cur:
-            while time.monotonic() < deadline:
-                cur.execute("SELECT EXISTS (SELECT 1 FROM outbox WHERE published_at IS NULL)")
-                if not (cur.fetchone() or (True,))[0]:
-                    return
-                time.sleep(0.05)
-    finally:
-        conn.close()
-    raise PipelineError(f"the outbox did not drain within {timeout_s:g} s")
-
-
-def _wait_mirrored(
-    topology: Topology, dc: str, shards: list[int], timeout_s: float = 180.0
-) -> None:
-    """Wait until MirrorMaker 2 has copied the shards to their first replica, so that its work
-    for one phase does not take CPU from the next."""
-    deadline = time.monotonic() + timeout_s
-    security = StackSecurity.of_topology(topology)
-    owner = client_settings(security, topology.dc(dc), "coopr-bench")
-    for shard in shards:
-        replica = client_settings(
-            security, topology.dc(topology.replica_list(shard)[0]), "coopr-bench"
+def _raw_run(raw: Producer, topic: TopicSpec, payload: bytes, count: int) -> float:
+    """Bare librdkafka producing ``count`` copies of ``payload`` round-robin over ``topic``'s
+    partitions, as the relay spreads its rows over the shards: events/s to the last ack."""
+    start = time.monotonic()
+    for i in range(count):
+        produce_with_backpressure(
+            raw, topic.name, value=payload, key=b"00000042", partition=i % topic.partitions
         )
-        target = high_watermark(owner, shard_topic(shard))
-        copy = mirrored(dc, shard_topic(shard))
-        while high_watermark(replica, copy) < target:
-            if time.monotonic() > deadline:
-                raise PipelineError(f"MirrorMaker 2 did not catch up within {timeout_s:g} s")
-            time.sleep(0.5)
-
-
-def _load_outbox(dsn: str, dc: str, shards: list[int], count: int) -> None:
-    """COPY ``count`` real events into the outbox, round-robin over ``shards``, each with the
-    next seq of its shard, as :func:`producer.outbox.publish` would write them."""
-    per_shard = Counter(shards[i % len(shards)] for i in range(count))
-    conn = connect(dsn)
-    try:
-        with conn, conn.cursor() as cur:
-            buf = io.StringIO()
-            for shard, n in per_shard.items():
-                cur.execute(
-                    "UPDATE shard_ownership SET last_seq = last_seq + %s WHERE shard = %s"
-                    " RETURNING epoch, last_seq",
-                    (n, shard),
-                )
-                epoch, last = cur.fetchone() or (0, 0)
-                for seq in range(last - n + 1, last + 1):
-                    payload = _payload(shard, dc, epoch, seq).hex()
-                    buf.write(
-                        f"{shard}\t{epoch}\t{seq}\tOperationCompleted\t00000042\t\\\\x{payload}\n"
-                    )
-            buf.seek(0)
-            cur.copy_from(
-                buf,
-                "outbox",
-                columns=("shard", "epoch", "seq", "event_type", "event_key", "payload"),
-            )
-    finally:
-        conn.close()
-
-
-def _relay_until_empty(config: RelayConfig, timeout_s: float = 300.0) -> float:
-    """Run a relay in this process until the outbox is empty; returns the seconds it took."""
-    stop = threading.Event()
-    start = time.monotonic()
-    worker = run_in_thread(Relay(config, stop))
-    try:
-        _wait_empty(config.database, timeout_s)
-        return time.monotonic() - start
-    finally:
-        stop.set()
-        worker.join(60)
-
-
-def bench_relay_throughput(topology: Topology, dc: str, *, count: int = 50_000) -> RelayThroughput:
-    """Relay throughput and, in the same run, bare librdkafka on the same bytes."""
-    site = topology.dc(dc)
-    shards = list(topology.owned_shards(dc))
-    # On a secured stack as its administrator: the baseline's topic is not the relay's.
-    kafka = client_settings(StackSecurity.of_topology(topology), site, "coopr-bench-relay")
-    config = RelayConfig(dc=dc, database=site.database, kafka=kafka)
-    _relay_until_empty(config)  # rows left by others must not count
-    _wait_mirrored(topology, dc, shards)
-
-    # The baseline writes the same bytes to a topic of its own: shard topics carry only real
-    # events with real seqs, or replicas would see them.
-    ensure_topics(kafka, [TopicSpec(_RAW_TOPIC)])
-    raw = Producer(config.producer_settings())
-    payload = _payload(shards[0])
-    start = time.monotonic()
-    for _ in range(count):
-        produce_with_backpressure(raw, _RAW_TOPIC, value=payload, key=b"00000042", partition=0)
         raw.poll(0)
     if raw.flush(120) != 0:
         raise PipelineError("bare librdkafka did not get every acknowledgement within 120 s")
-    raw_s = time.monotonic() - start
+    return count / (time.monotonic() - start)
 
-    _load_outbox(site.database, dc, shards, count)
-    relay_s = _relay_until_empty(config)
-    return RelayThroughput(count, len(payload), count / relay_s, count / raw_s)
+
+def bench_relay_throughput(
+    topology: Topology,
+    dc: str,
+    *,
+    count: int = 50_000,
+    runs: int = 3,
+    progress: Callable[[str], None] = lambda _: None,
+) -> RelayThroughput:
+    """Relay and bare librdkafka, each warmed up, then in turn ``runs`` times over ``count``
+    events; then ProducerPerformance over ``count * (runs + 1)`` records.
+
+    Both sides stay up between their runs, as a relay does in production: one relay (a
+    thread here) and one producer for all runs, so neither pays its start-up (connections,
+    the idempotent producer's id: half a second on a loaded machine) but in its warm-up.
+    """
+    site = topology.dc(dc)
+    shards = list(topology.owned_shards(dc))
+    security = StackSecurity.of_topology(topology)
+    # On a secured stack as its administrator: the baseline's topic is not the relay's.
+    kafka = client_settings(security, site, "coopr-bench-relay")
+    config = RelayConfig(dc=dc, database=site.database, kafka=kafka)
+    # The baselines write to a topic of their own: shard topics carry only real events with
+    # real seqs, or replicas would see them.
+    raw_topic = _raw_topic(len(shards))
+    ensure_topics(kafka, [raw_topic])
+    payload = outbox_payload(shards[0], dc)
+    stop_relay = threading.Event()
+    relay = run_in_thread(Relay(config, stop_relay))
+    try:
+        wait_outbox_empty(site.database, _RUN_TIMEOUT_S)  # rows left by others must not count
+        wait_mirrored(topology, dc, shards, timeout_s=_RUN_TIMEOUT_S)
+        raw = Producer(config.producer_settings())
+
+        def relay_run() -> float:
+            load_outbox(site.database, dc, shards, count)
+            start = time.monotonic()  # load_outbox returns once its rows are committed
+            wait_outbox_empty(site.database, _RUN_TIMEOUT_S)
+            rate = count / (time.monotonic() - start)
+            wait_mirrored(topology, dc, shards, timeout_s=_RUN_TIMEOUT_S)
+            return rate
+
+        spreads = alternate(
+            {
+                "relay": relay_run,
+                "raw librdkafka": lambda: _raw_run(raw, raw_topic, payload, count),
+            },
+            runs=runs,
+            progress=progress,
+        )
+    finally:
+        stop_relay.set()
+        relay.join(60)
+    records = count * (runs + 1)
+    perf = None
+    if security is None:  # the Java tools are given the plain listener only
+        progress(f"ProducerPerformance: {records} records")
+        perf = producer_performance(
+            site, raw_topic.name, records=records, record_bytes=len(payload)
+        )
+    return RelayThroughput(
+        count, len(payload), spreads["relay"], spreads["raw librdkafka"], perf, records
+    )
+
+
+def bench_kafka_end_to_end(topology: Topology, dc: str, *, records: int = 1000) -> EndToEnd | None:
+    """Kafka's EndToEndLatency in ``dc`` with records of the relay's size (None on a secured
+    stack, where the Java tools are not given credentials)."""
+    if StackSecurity.of_topology(topology) is not None:
+        return None
+    site = topology.dc(dc)
+    kafka = client_settings(None, site, "coopr-bench-relay")
+    ensure_topics(kafka, [TopicSpec(_END_TO_END_TOPIC)])
+    shard = topology.owned_shards(dc)[0]
+    size = len(outbox_payload(shard, dc))
+    return end_to_end_latency(site, _END_TO_END_TOPIC, records=records, record_bytes=size)
 
 
 def bench_relay_latency(
@@ -189,11 +199,11 @@ def bench_relay_latency(
     try:
         # Warm-up: a few events through the relay, so its start is not measured.
         publish_at_rate(site.database, list(topology.owned_shards(dc)), rate=10, seconds=0.5)
-        _wait_empty(site.database, 60)
+        wait_outbox_empty(site.database, 60)
         committed, achieved = publish_at_rate(
             site.database, list(topology.owned_shards(dc)), rate=rate, seconds=seconds
         )
-        _wait_empty(site.database, 60)
+        wait_outbox_empty(site.database, 60)
         published = dict(_published_at(site.database, list(committed)))
     finally:
         stop(relay)

@@ -8,10 +8,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.procfs import status_kb
 from pipeline.stack import down, local_topology_toml, up
 from pipeline.stack.processes import StackState, process_tree
 
-__all__ = ["StackFootprint", "bench_stack", "resident_memory_mb"]
+__all__ = ["StackFootprint", "bench_stack", "measure_up", "resident_memory_mb"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,16 +29,19 @@ def resident_memory_mb(run_dir: Path) -> tuple[float, int]:
     """Resident memory (MiB) of every process of the stack and its descendants, and their count."""
     state = StackState.load(run_dir)
     members = process_tree({r.pid for r in state.processes.values()} if state else set())
-    rss_kb = 0
-    for pid in members:
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            continue
-        rss_kb += next(
-            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
-        )
-    return rss_kb / 1024.0, len(members)
+    return sum(status_kb(pid, "VmRSS") for pid in members) / 1024.0, len(members)
+
+
+def measure_up(run_dir: Path, topology_file: Path, dcs: int) -> StackFootprint:
+    """Bring the stack of ``topology_file`` up in ``run_dir`` and measure it: the time until
+    every part is healthy, then its memory once the JVMs settled."""
+    start = time.monotonic()
+    up(run_dir, topology_file)
+    elapsed = time.monotonic() - start
+    # Let the JVMs settle after start-up before reading memory.
+    time.sleep(5.0)
+    memory, count = resident_memory_mb(run_dir)
+    return StackFootprint(dcs=dcs, up_s=elapsed, resident_mb=memory, processes=count)
 
 
 def bench_stack(dcs: int = 3, *, base_port: int = 39090) -> StackFootprint:
@@ -46,13 +50,7 @@ def bench_stack(dcs: int = 3, *, base_port: int = 39090) -> StackFootprint:
         run_dir = Path(tmp)
         topology = run_dir / "topology.toml"
         topology.write_text(local_topology_toml(dcs, base_port=base_port))
-        start = time.monotonic()
         try:
-            up(run_dir, topology)
-            elapsed = time.monotonic() - start
-            # Let the JVMs settle after start-up before reading memory.
-            time.sleep(5.0)
-            memory, count = resident_memory_mb(run_dir)
+            return measure_up(run_dir, topology, dcs)
         finally:
             down(run_dir, wipe=True)
-    return StackFootprint(dcs=dcs, up_s=elapsed, resident_mb=memory, processes=count)
