@@ -1,8 +1,9 @@
 """Benchmark of the single-object codec against bare fastavro on the same records.
 
-Two records: an :class:`OperationCompleted` of a 10-node cluster whose create job ran 7
-stages of 10 tasks (about 4 KiB encoded, the heavy case), and a :class:`Heartbeat` (under
-100 bytes, where the codec's fixed cost per message shows most). The cases run interleaved in
+Three records: an :class:`OperationCompleted` of a 10-node cluster whose create job ran 7
+stages of 10 tasks (about 4 KiB encoded, the heavy case), the same of a 2-node cluster (about
+1.2 KB, the size the other benchmarks use), and a :class:`Heartbeat` (under 100 bytes, where
+the codec's fixed cost per message shows most). The cases run interleaved in
 short rounds so that load from other processes hits all of them alike; each rate is the
 best round's, for one thread on one core.
 """
@@ -121,23 +122,33 @@ def bench_codec(seconds: float = 3.0) -> dict[str, float]:
     - ``fastavro_encode_per_s`` / ``fastavro_decode_per_s``: ``schemaless_writer`` /
       ``schemaless_reader`` of the same record and body;
     - ``encode_overhead`` / ``decode_overhead``: codec time over fastavro time, minus one;
+      ``event_encode_overhead`` / ``event_decode_overhead``: the same with the dataclasses;
     - ``event_encode_per_s`` / ``event_decode_per_s``: ``encode`` / ``decode`` with the
       dataclasses, conversion included;
-    - the same with the ``heartbeat_`` prefix for the :class:`Heartbeat`.
+    - the same with the ``small_`` prefix for the 2-node :class:`OperationCompleted` and the
+      ``heartbeat_`` prefix for the :class:`Heartbeat`.
     """
     codec = default_codec()
     results: dict[str, float] = {}
     cases: dict[str, Callable[[], object]] = {}
-    for prefix, event in (("", sample_operation_completed()), ("heartbeat_", sample_heartbeat())):
+    samples: tuple[tuple[str, Event], ...] = (
+        ("", sample_operation_completed()),
+        ("small_", sample_operation_completed(node_count=2)),
+        ("heartbeat_", sample_heartbeat()),
+    )
+    for prefix, event in samples:
         message = codec.encode(event)
         results[f"{prefix or 'operation_completed_'}message_bytes"] = float(len(message))
         cases.update(_cases(prefix, codec, event, message))
     rates = _measure(cases, seconds)
     results.update(rates)
-    for prefix in ("", "heartbeat_"):
+    for prefix, _ in samples:
         for op in ("encode", "decode"):
             bare = rates[f"{prefix}fastavro_{op}_per_s"]
-            results[f"{prefix}{op}_overhead"] = bare / rates[f"{prefix}codec_{op}_per_s"] - 1.0
+            for kind, rate in (("", "codec"), ("event_", "event")):
+                results[f"{prefix}{kind}{op}_overhead"] = (
+                    bare / rates[f"{prefix}{rate}_{op}_per_s"] - 1.0
+                )
     return results
 
 
