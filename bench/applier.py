@@ -35,6 +35,7 @@ from pipeline.backpressure import produce_with_backpressure
 from pipeline.codec import decode_record, encode
 from pipeline.db import connect, fetch_all
 from pipeline.errors import PipelineError
+from pipeline.gc_tuning import tune_for_batches
 from pipeline.kafka_config import KafkaSettings
 from pipeline.shutdown import run_in_thread
 from pipeline.stack.processes import stop
@@ -217,6 +218,7 @@ def bench_apply_throughput(
 ) -> ApplyThroughput:
     """DC ``dc``'s applier and a bare COPY of the same rows, each warmed up, then in turn
     ``runs`` times over ``count`` events."""
+    tune_for_batches()  # as the worker processes do
     site = topology.dc(dc)
     kafka = client_settings(StackSecurity.of_topology(topology), site, "coopr-bench-applier")
     spreads = alternate(

@@ -36,6 +36,7 @@ from pipeline.admin import TopicSpec, ensure_topics
 from pipeline.backpressure import produce_with_backpressure
 from pipeline.db import connect
 from pipeline.errors import PipelineError
+from pipeline.gc_tuning import tune_for_batches
 from pipeline.shutdown import run_in_thread
 from pipeline.stack.processes import stop
 from pipeline.stack.security import StackSecurity, client_settings
@@ -124,6 +125,7 @@ def bench_relay_throughput(
     thread here) and one producer for all runs, so neither pays its start-up (connections,
     the idempotent producer's id: half a second on a loaded machine) but in its warm-up.
     """
+    tune_for_batches()  # as the worker processes do
     site = topology.dc(dc)
     shards = list(topology.owned_shards(dc))
     security = StackSecurity.of_topology(topology)

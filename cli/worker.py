@@ -29,9 +29,13 @@ def worker() -> None:
 def serve_while(
     run: Callable[[], None], health: HealthFn, *, host: str, port: int, dc: str
 ) -> None:
-    """Serve /metrics and /healthz on ``host:port`` while ``run`` runs."""
+    """Serve /metrics and /healthz on ``host:port`` while ``run`` runs, with the garbage
+    collector set for batches (:mod:`pipeline.gc_tuning`)."""
+    from pipeline.gc_tuning import tune_for_batches
     from pipeline.logging import get_logger
     from pipeline.observability import ObservabilityServer
+
+    tune_for_batches()
 
     with ObservabilityServer(health, host=host, port=port) as server:
         get_logger("cli.worker").info(
