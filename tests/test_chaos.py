@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import psycopg2
 import pytest
@@ -221,13 +222,21 @@ def test_never_two_writers_when_an_owner_stalls_or_cannot_be_heard(
         assert status == 0, worker.output()[-2000:]
 
 
+#: How much the link Q->P is slowed, each way, for P to wait for Q's promise. MirrorMaker
+#: fetches from Q one request at a time, so Q's heartbeats reach P in batches one round trip
+#: (twice this) apart: that must stay well below the failure timeout, or P stops hearing Q
+#: between two batches, fences itself before it claims, and Q claims P's shards in its place.
+#: (2.5 s each way left 0.9 s of the 6 s timeout, which a loaded machine took.)
+LINK_DELAY_MS = int(TIMEOUT_S * 1000 / 4)
+
+
 def test_never_two_writers_when_a_claimant_is_cut_off_mid_claim_and_another_claims(
     failover_stack: RunningStack, controllers: dict[str, WorkerProcess]
 ) -> None:
-    """The owner is killed; its shards' claimant P hears the third DC Q 2.5 s late (the link
-    Q->P slowed), so Q's promise takes that long to reach it. As soon as P's claim waits for
-    promises, Q->P is cut: P hears nobody and fences itself; Q hears that and claims the same
-    shards at a higher epoch, a second claim while the first is in progress. Neither can
+    """The owner is killed; its shards' claimant P hears the third DC Q late (the link Q->P
+    slowed by :data:`LINK_DELAY_MS`), so Q's promise takes that long to reach it. As soon as P
+    has claimed, Q->P is cut: P hears nobody and fences itself; Q hears that and claims the
+    same shards at a higher epoch, a second claim while the first is in progress. Neither can
     collect a majority (the owner is dead, P cannot hear Q's claim): nobody accepts a write of
     those shards until the heal. Then the higher claim wins, and the old owner, back, is
     demoted."""
@@ -239,33 +248,59 @@ def test_never_two_writers_when_a_claimant_is_cut_off_mid_claim_and_another_clai
     (q,) = (dc for dc in controllers if dc not in (victim, p))
     of_p = [s for s in moved if firsts[s] == p]
 
-    def claiming(dc: str) -> dict[int, str]:
-        phases = (controllers[dc].health() or {}).get("claiming", {})
-        return {int(s): phase for s, phase in phases.items()}
+    def claims(
+        seen_by: str, to_dc: str, above: dict[int, int], since: datetime | None = None
+    ) -> dict[int, int]:
+        """Per shard of ``above``, the highest claim for ``to_dc`` (made after ``since``) in
+        ``seen_by``'s database, if it is above ``above[shard]``. A claimant commits its claim
+        before publishing it, so its own table shows it before any other DC can promise it."""
+        rows = fetch_all(
+            stack.dc(seen_by).database,
+            "SELECT shard, max(epoch) FROM ownership_claims WHERE to_dc = %s AND shard = ANY(%s)"
+            " AND claimed_at > COALESCE(%s, '-infinity'::timestamptz) GROUP BY shard",
+            (to_dc, list(above), since),
+        )
+        return {s: epoch for s, epoch in rows if epoch > above[s]}
 
-    def nobody_writes() -> None:
+    def controller_state(dc: str) -> dict[str, object]:
+        """What a failed wait reports: whom ``dc`` hears, and its claims."""
+        health = controllers[dc].health() or {}
+        return {k: health.get(k) for k in ("heard", "last_heard_s", "fenced", "claiming")}
+
+    def nobody_writes(p_claims: dict[int, int]) -> None:
         for dc in (p, q):
             mine = ownership(stack, dc)
             assert not any(mine[s][2] for s in moved), f"{dc} writes: {mine}"
+        # Were Q's claim to reach P, P would promise it: Q would have its majority.
+        assert claims(p, q, p_claims) == {}, f"{p} heard {q}'s claims"
+
+    victim_epochs = {s: scene.before[s][1] for s in of_p}
 
     with writing(stack, (p, q), moved):
-        slow_one_way(stack.topology, q, p, 2500)
+        slow_one_way(stack.topology, q, p, LINK_DELAY_MS)
         try:
             controllers[victim].kill()
             kill_dc(stack.run_dir, victim)
             try:
                 wait_until(
-                    lambda: "promising" in claiming(p).values(),
+                    lambda: bool(claims(p, p, victim_epochs)),
                     TIMEOUT_S + 15,
-                    f"{p} waits for promises of its claim",
+                    lambda: f"{p} claims shards of {victim}; {p}: {controller_state(p)}",
                 )
+                # Q claims only once P, cut off, fences itself. A claim of Q's from before the
+                # cut means P had fenced itself already (T without hearing Q): another drill.
+                cut_at = datetime.now(UTC)
                 cut_one_way(stack.topology, q, p)
+                p_claims = claims(p, p, victim_epochs)
                 wait_until(
-                    lambda: any(claiming(q).get(s) == "promising" for s in of_p),
+                    lambda: bool(claims(q, q, p_claims, since=cut_at)),
                     TIMEOUT_S + 15,
-                    f"{q} claims the shards {p} claimed",
+                    lambda: (
+                        f"{q} claims what {p} claimed, higher, after the cut; {q}:"
+                        f" {controller_state(q)}, {p}: {controller_state(p)}"
+                    ),
                 )
-                holds_for(nobody_writes, 3)
+                holds_for(lambda: nobody_writes(p_claims), 3)
             finally:
                 heal(stack.topology, q)
             wait_until(
