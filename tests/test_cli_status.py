@@ -238,14 +238,15 @@ def test_a_dc_that_does_not_answer_is_shown_down_not_a_crash(
         .replace(dead.database, f"postgresql://postgres@127.0.0.1:{closed[1]}/coopr")
     )
     began = time.monotonic()
-    # 2 s: long enough for the live DCs on a loaded machine, short for the dead one.
-    done = run_cli(copy, "status", "--format", "json", "--timeout", "2", expect=1)
-    assert time.monotonic() - began < 15
+    # 4 s: long enough for the live DCs on a loaded machine (2 s was not, once in CI), short
+    # for the dead one.
+    done = run_cli(copy, "status", "--format", "json", "--timeout", "4", expect=1)
+    assert time.monotonic() - began < 20
     report = json.loads(done.stdout)
     assert report["verdict"] == "degraded"
     dcs = {dc["name"]: dc for dc in report["dcs"]}
     assert dcs["dc3"]["kafka"].startswith("unreachable: dc3's Kafka")
-    assert "within 2 s" in dcs["dc3"]["kafka"]
+    assert "within 4 s" in dcs["dc3"]["kafka"]
     assert dcs["dc3"]["database"].startswith("unreachable: dc3's database")
     assert dcs["dc3"]["relay_backlog"].startswith("unreachable")
     live = {dc: (dcs[dc]["kafka"], dcs[dc]["database"]) for dc in ("dc1", "dc2")}
@@ -257,7 +258,7 @@ def test_a_dc_that_does_not_answer_is_shown_down_not_a_crash(
     assert {s["writable"] for s in report["shards"] if s["owner"] == "dc3"} == {None}
     assert all(d["error"] for d in report["delays"] if d["replica"] == "dc3"), report["delays"]
 
-    table = run_cli(copy, "status", "--timeout", "2", expect=1).stdout
+    table = run_cli(copy, "status", "--timeout", "4", expect=1).stdout
     assert table.startswith("status: degraded")
     dc_table = table.split("\nDC ", 1)[1].split("\n\n", 1)[0]
     assert {line.split()[0]: line.split()[1:3] for line in dc_table.splitlines()[1:]} == {
