@@ -44,7 +44,7 @@ def measure_up(run_dir: Path, topology_file: Path, dcs: int) -> StackFootprint:
     return StackFootprint(dcs=dcs, up_s=elapsed, resident_mb=memory, processes=count)
 
 
-def bench_stack(dcs: int = 3, *, base_port: int = 39090) -> StackFootprint:
+def bench_stack(dcs: int = 3, *, base_port: int = 30090) -> StackFootprint:
     """Bring a fresh stack up from nothing, measure it, then take it down and delete it."""
     with tempfile.TemporaryDirectory(prefix="coopr-bench-stack-") as tmp:
         run_dir = Path(tmp)

@@ -146,9 +146,10 @@ def bench_mirror_cmd(count: int, rate: float, output: Path | None, run_dir: Path
 @click.option(
     "--base-port",
     type=click.IntRange(1024, 65000),
-    default=39090,
+    default=30090,
     show_default=True,
-    help="Ports of the throw-away stack (see pipeline/stack/layout.py).",
+    help="Ports of the throw-away stack (see pipeline/stack/layout.py); below 32768, where"
+    " Linux hands out the ports of outgoing connections.",
 )
 @output_option
 def bench_stack_cmd(dcs: int, base_port: int, output: Path | None) -> Section:
