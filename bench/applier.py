@@ -54,8 +54,6 @@ __all__ = [
 _BENCH_SHARD = 96
 #: The longest one applier run may take (s).
 _RUN_TIMEOUT_S = 600.0
-#: Looks at the stored offset every 20 ms: its period is the figure's resolution.
-_POLL = {"interval_s": 0.02}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +64,6 @@ class ApplyThroughput:
     events: int
     applier: Spread
     copy: Spread
-
-    @property
-    def applier_per_s(self) -> float:
-        return self.applier.median
-
-    @property
-    def copy_per_s(self) -> float:
-        return self.copy.median
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +138,12 @@ def _applier_run(site: DataCenter, kafka: KafkaSettings, count: int) -> float:
             wait_until(lambda: stored() > 0, _RUN_TIMEOUT_S, "the applier's start")
             start = time.monotonic()
             _write(producer, topic, payloads)
+            # Every 20 ms: the period of the look is the figure's resolution.
             wait_until(
-                lambda: stored() > count, _RUN_TIMEOUT_S, "the applier's last batch", **_POLL
+                lambda: stored() > count,
+                _RUN_TIMEOUT_S,
+                "the applier's last batch",
+                interval_s=0.02,
             )
         return count / (time.monotonic() - start)
     finally:

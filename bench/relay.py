@@ -66,14 +66,6 @@ class RelayThroughput:
     producer_perf: float | None
     producer_perf_records: int
 
-    @property
-    def relay_per_s(self) -> float:
-        return self.relay.median
-
-    @property
-    def raw_per_s(self) -> float:
-        return self.raw.median
-
 
 @dataclass(frozen=True, slots=True)
 class RelayLatency:

@@ -451,7 +451,6 @@ class Relay(Closeable):
         #: Per shard, the last row id Kafka acknowledged while this relay was active: the
         #: rows up to it need no sending again, marked or not yet.
         self._after: dict[int, int] = {}
-        self._topics: dict[int, str] = {}
         self._books = _Bookkeeper(config, lambda: self.active)
         self._labels = {"dc": config.dc}
         self._log = log.bind(dc=config.dc, instance=self.instance)
@@ -603,9 +602,6 @@ class Relay(Closeable):
             flight = flights.get(shard)
             if flight is None:
                 flight = flights[shard] = self._flights[shard] = _Flight(shard)
-            topic = self._topics.get(shard)
-            if topic is None:
-                topic = self._topics[shard] = shard_topic(shard)
             headers = [
                 ("event-type", event_type.encode()),
                 ("epoch", str(epoch).encode()),
@@ -615,7 +611,7 @@ class Relay(Closeable):
             try:
                 produce_with_backpressure(
                     self._producer,
-                    topic,
+                    shard_topic(shard),
                     value=bytes(payload),
                     key=key.encode(),
                     partition=0,
